@@ -1,0 +1,16 @@
+"""Helper package of the book *LLM Principles & Engineering Practice: from attention to SFT*.
+
+Modules mirror the chapters; each function's docstring says where the book teaches it.
+
+- :mod:`book_utils.environment` — ``setup()``: profile, seeds, device, dtype, offline flag (every chapter)
+- :mod:`book_utils.assets` — offline corpora and pretrained models from PyPI packages (chapters 1, 2)
+- :mod:`book_utils.ngram` — character n-gram language models and perplexity (chapter 1)
+- :mod:`book_utils.attention` — scaled dot-product and multi-head attention, masks, cost (chapter 2)
+- :mod:`book_utils.transformer` — position encodings and a pre-norm Transformer block (chapter 2)
+- :mod:`book_utils.plotting` — the book's figure style (every chapter)
+"""
+
+from book_utils.environment import BookContext, setup
+
+__all__ = ["BookContext", "setup"]
+__version__ = "0.1.0"
