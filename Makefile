@@ -10,6 +10,7 @@ NOTEBOOKS = $(wildcard $(addsuffix .ipynb,$(shell sed -n 's/.*file: //p' _toc.ym
 # No request leaves the machine: the Hub is never contacted and every cache lives in the project.
 export HF_HUB_OFFLINE = 1
 export HF_HOME = $(CURDIR)/.cache/huggingface
+export BOOK_CACHE = $(CURDIR)/.cache/book
 export MPLCONFIGDIR = $(CURDIR)/.cache/matplotlib
 
 .PHONY: setup book test refresh chromium clean

@@ -3,6 +3,7 @@
 Modules mirror the chapters; each function's docstring says where the book teaches it.
 
 - :mod:`book_utils.environment` — ``setup()``: profile, seeds, device, dtype, offline flag (every chapter)
+- :mod:`book_utils.cache` — the artifact cache shared between chapters, atomic writes (chapter 3 on)
 - :mod:`book_utils.assets` — offline corpora and pretrained models from PyPI packages (chapters 1, 2)
 - :mod:`book_utils.ngram` — character n-gram language models and perplexity (chapter 1)
 - :mod:`book_utils.attention` — scaled dot-product and multi-head attention, masks, cost (chapter 2)
