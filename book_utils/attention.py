@@ -142,7 +142,8 @@ def scaled_dot_product_attention(
         scores = scores.masked_fill(~causal_mask(n_q, n_k, device=q.device), float("-inf"))
 
     dead = torch.isneginf(scores).all(dim=-1)  # rows with no visible key
-    if dead.any():
+    has_dead = bool(dead.any())
+    if has_dead:
         if fully_masked == "raise":
             where = dead.nonzero()[:3].tolist()
             raise ValueError(
@@ -152,7 +153,7 @@ def scaled_dot_product_attention(
             )
         scores = scores.masked_fill(dead.unsqueeze(-1), 0.0)
     weights = torch.softmax(scores, dim=-1)  # row-wise
-    if dead.any():
+    if has_dead:
         weights = weights.masked_fill(dead.unsqueeze(-1), 0.0)
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p)
@@ -301,6 +302,7 @@ def attention_cost(
     repeats: int = 5,
     implementations: tuple[str, ...] = ("naive", "sdpa"),
     seed: int = 0,
+    threads: int | None = 1,
 ) -> list[dict]:
     """Time and memory of one attention call as the sequence length ``n`` grows.
 
@@ -309,7 +311,10 @@ def attention_cost(
     CPU and GPU can use a fused, tiled kernel in the spirit of FlashAttention that never stores it) returns a
     dict with the median wall time in seconds over ``repeats`` runs (after one warm-up) and the bytes
     allocated during one call (``torch.profiler`` with ``profile_memory=True``). Self-attention on random
-    ``(batch, n_heads, n, d_k)`` inputs, no mask, no gradients. Taught in chapter 2, "The cost of attention".
+    ``(batch, n_heads, n, d_k)`` inputs, no mask, no gradients. ``threads`` (default 1) sets PyTorch's
+    intra-op threads for the measurement and restores them afterwards: on a shared or busy machine a
+    multi-threaded kernel waits for descheduled threads, which hides the scaling we want to see; ``None``
+    keeps PyTorch's setting. Taught in chapter 2, "The cost of attention".
     """
     if not lengths or any(not isinstance(n, int) or n < 1 for n in lengths):
         raise ValueError(f"lengths must be a non-empty list of positive ints, got {lengths!r}")
@@ -322,7 +327,20 @@ def attention_cost(
     unknown = set(implementations) - known.keys()
     if unknown:
         raise ValueError(f"unknown implementations {sorted(unknown)}; choose among {sorted(known)}")
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ValueError(f"threads must be a positive int or None, got {threads!r}")
     gen = torch.Generator().manual_seed(seed)
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        rows = _measure(lengths, known, implementations, gen, d_k, n_heads, batch, repeats)
+    finally:
+        torch.set_num_threads(previous_threads)
+    return rows
+
+
+def _measure(lengths, known, implementations, gen, d_k, n_heads, batch, repeats) -> list[dict]:
     rows = []
     with torch.no_grad():
         for n in lengths:
