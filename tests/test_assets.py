@@ -49,3 +49,10 @@ def test_minilm_loads_offline():
 def test_cli_rejects_unknown_assets():
     with pytest.raises(SystemExit):
         assets.main(["install", "gpt2"])
+
+
+def test_reviews_have_the_published_counts():
+    reviews = assets.load_clothing_reviews()
+    assert len(reviews) == 23_486
+    assert reviews["Rating"].value_counts().sort_index().tolist() == [842, 1_565, 2_871, 5_077, 13_131]
+    assert reviews["Review Text"].isna().sum() == 845
