@@ -1,6 +1,6 @@
 """Classification metrics that work offline, as ``evaluate`` modules, plus bootstrap intervals and calibration.
 
-Taught in chapter 4 ("SFT for classification"). ``evaluate.load("accuracy")`` fetches a metric *script*
+Taught in chapter 4 ("SFT for classification"). ``evaluate.load`` with a hub name (``"accuracy"``) fetches a metric *script*
 from the Hugging Face Hub, so it fails without a network. The metrics below are ``evaluate.Metric``
 subclasses shipped with the book: same ``compute(predictions=..., references=...)`` interface, same
 ``evaluate.combine``, no download. Each is checked against scikit-learn in ``tests/test_metrics.py``.
