@@ -224,6 +224,41 @@ def load_smollm2(dtype=None):
     return tokenizer, model.eval()
 
 
+# --- Dialogue and instruction corpora (chapter 4b) -------------------------------------------------------
+
+
+def load_chatterbot() -> dict[str, list[list[str]]]:
+    """The ChatterBot corpus as ``{topic: conversations}``, each conversation a list of utterances in turn
+    order (``"greetings": [["Hello", "Hi"], ...]``), topics sorted; chapter 4b turns them into chats."""
+    import yaml
+
+    folder = asset_path("chatterbot")
+    out = {}
+    for path in sorted(folder.glob("*.yml")):
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        out[path.stem] = [[str(u) for u in conv] for conv in data.get("conversations") or []]
+    if not out:
+        raise AssetMissingError(f"no *.yml files in {folder}; reinstall: {ASSETS['chatterbot'].install_hint}")
+    return out
+
+
+def load_chitchat() -> dict[str, dict]:
+    """The chit-chat conversations as published: ``{conversation id: {"messages": [[{"text", "sender",
+    "timestamp"}, ...], ...], ...}}``, one inner list per run of messages by one sender (chapter 4b)."""
+    import json
+
+    return json.loads(asset_path("chitchat").read_text(encoding="utf-8"))
+
+
+def load_ifbench() -> list[dict[str, str]]:
+    """IFBench's sample outputs: a list of ``{"prompt", "response"}`` dicts (the responses were written by a
+    model, so this is distillation data; chapter 4b)."""
+    import json
+
+    lines = asset_path("ifbench").read_text(encoding="utf-8").splitlines()
+    return [json.loads(line) for line in lines if line.strip()]
+
+
 # --- command line: python -m book_utils.assets [list|install] ------------------------------------------
 
 

@@ -56,3 +56,15 @@ def test_reviews_have_the_published_counts():
     assert len(reviews) == 23_486
     assert reviews["Rating"].value_counts().sort_index().tolist() == [842, 1_565, 2_871, 5_077, 13_131]
     assert reviews["Review Text"].isna().sum() == 845
+
+
+def test_dialogue_and_instruction_corpora_load():
+    chatterbot = assets.load_chatterbot()
+    assert len(chatterbot) == 21 and ["Hello", "Hi"] in chatterbot["greetings"]
+    assert sum(map(len, chatterbot.values())) == 2026
+    chitchat = assets.load_chitchat()
+    assert len(chitchat) == 7168
+    first = next(iter(chitchat.values()))["messages"][0][0]
+    assert {"text", "sender"} <= set(first)
+    ifbench = assets.load_ifbench()
+    assert len(ifbench) == 294 and set(ifbench[0]) == {"prompt", "response"}
