@@ -15,6 +15,7 @@ Modules mirror the chapters; each function's docstring says where the book teach
 - :mod:`book_utils.classification` — fine-tuning an encoder for classification and NER, baselines (chapter 4)
 - :mod:`book_utils.metrics` — offline ``evaluate`` metrics, bootstrap intervals, calibration (chapter 4)
 - :mod:`book_utils.sft_data` — SFT records, chat templates, cleaning, validation, loss masks, packing (chapter 4b)
+- :mod:`book_utils.instruction_tuning` — prompt-masked SFT of decoders, LoRA, evaluation, forgetting (chapter 4c)
 """
 
 from book_utils.environment import BookContext, setup

@@ -1,0 +1,236 @@
+"""Tests for book_utils.instruction_tuning: tiny tokenizer, tiny random Llama, synthetic chat records."""
+
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from book_utils import instruction_tuning as it
+from book_utils.tokenization import train_bpe_tokenizer
+
+TEXT = "the dress is lovely and the fit is great. the fabric is poor and it runs small. " * 20
+
+
+def chat_tokenize(tokenizer, messages, max_length):
+    """Stand-in for sft_data.tokenize_for_sft (same contract): labels only on assistant tokens."""
+    enc = tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    ids = list(enc["input_ids"])[:max_length]
+    mask = list(enc["assistant_masks"])[:max_length]
+    return {
+        "input_ids": ids,
+        "attention_mask": [1] * len(ids),
+        "labels": [t if m else -100 for t, m in zip(ids, mask)],
+    }
+
+
+def record(i, text, answer):
+    return {
+        "id": f"r{i}",
+        "task": "sentiment",
+        "source": "reviews",
+        "source_id": f"reviews:{i}",
+        "messages": [
+            {"role": "user", "content": f"Review: {text}\nSentiment?"},
+            {"role": "assistant", "content": answer},
+        ],
+        "answer": answer,
+    }
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return train_bpe_tokenizer([TEXT], vocab_size=300)
+
+
+@pytest.fixture(scope="module")
+def records():
+    good = ["the dress is lovely", "the fit is great", "lovely fabric"]
+    bad = ["the fabric is poor", "it runs small", "poor fit"]
+    rows = [record(i, t, "positive") for i, t in enumerate(good)]
+    rows += [record(10 + i, t, "negative") for i, t in enumerate(bad)]
+    return rows
+
+
+def tiny_model(tokenizer, context=64, seed=0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=context,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(config)
+
+
+def ctx(tmp_path=None):
+    return types.SimpleNamespace(seed=0, device=torch.device("cpu"), profile="ci", pick=lambda *, ci, full: ci)
+
+
+def test_tokenize_records_masks_and_drops(tokenizer, records):
+    data, dropped = it.tokenize_records(records, tokenizer, 64, tokenize_fn=chat_tokenize)
+    assert dropped == 0 and len(data) == len(records)
+    row = data[0]
+    ids, labels = row["input_ids"], row["labels"]
+    trained = [t for t, lab in zip(ids, labels) if lab != -100]
+    assert tokenizer.decode(trained) == "positive<|im_end|>"
+    unmasked, _ = it.tokenize_records(records, tokenizer, 64, mask_prompt=False, tokenize_fn=chat_tokenize)
+    assert unmasked[0]["labels"] == unmasked[0]["input_ids"]
+    longest = max(len(ids) for ids in data["input_ids"])
+    short, dropped = it.tokenize_records(records, tokenizer, longest - 1, tokenize_fn=chat_tokenize)
+    assert dropped == len(records) - len(short) and 0 < dropped < len(records)
+    with pytest.raises(ValueError, match="longer than max_length"):
+        it.tokenize_records(records, tokenizer, 3, tokenize_fn=chat_tokenize)
+    with pytest.raises(ValueError, match="record 1 has no 'messages'"):
+        it.tokenize_records([records[0], {"id": "x"}], tokenizer, 64, tokenize_fn=chat_tokenize)
+
+
+def test_collator_pads_labels_with_ignore_index(tokenizer):
+    collate = it.SFTCollator(tokenizer.pad_token_id)
+    batch = collate([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}])
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, tokenizer.pad_token_id, tokenizer.pad_token_id]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["labels"].tolist() == [[-100, 6, 7], [8, -100, -100]]
+    from transformers import DataCollatorForSeq2Seq
+
+    reference = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100)(
+        [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [8], "labels": [8]}]
+    )
+    for key in ("input_ids", "labels"):
+        assert torch.equal(batch[key], reference[key])
+    with pytest.raises(ValueError, match="pad token"):
+        it.SFTCollator(None)
+
+
+def test_masked_nll_matches_cross_entropy_and_model_loss(tokenizer, records):
+    data, _ = it.tokenize_records(records, tokenizer, 64, tokenize_fn=chat_tokenize)
+    batch = it.SFTCollator(tokenizer.pad_token_id)([data[i] for i in range(4)])
+    model = tiny_model(tokenizer).eval()
+    out = model(**batch)
+    ours = it.masked_nll(out.logits, batch["labels"])
+    reference = F.cross_entropy(
+        out.logits[:, :-1].reshape(-1, out.logits.size(-1)), batch["labels"][:, 1:].reshape(-1), ignore_index=-100
+    )
+    torch.testing.assert_close(ours, reference)
+    torch.testing.assert_close(ours, out.loss)
+    with pytest.raises(ValueError, match="every label is -100"):
+        it.masked_nll(out.logits, torch.full_like(batch["labels"], -100))
+
+
+def test_replay_mix_fraction(tokenizer, records):
+    from datasets import Dataset
+
+    data, _ = it.tokenize_records(records, tokenizer, 64, tokenize_fn=chat_tokenize)
+    blocks = Dataset.from_dict({"input_ids": [list(range(10, 30))] * 3})
+    mixed = it.replay_mix(data, blocks, 0.5, max_length=16)
+    assert len(mixed) == 2 * len(data)
+    replayed = [r for r in mixed if r["labels"] == r["input_ids"] and len(r["input_ids"]) == 16]
+    assert len(replayed) == len(data)
+    assert it.replay_mix(data, blocks, 0.0) is data
+    with pytest.raises(ValueError, match="fraction"):
+        it.replay_mix(data, blocks, 1.0)
+
+
+def test_train_sft_learns_and_generation_is_scored(tokenizer, records, tmp_path):
+    data, _ = it.tokenize_records(records, tokenizer, 64, tokenize_fn=chat_tokenize)
+    model = tiny_model(tokenizer)
+    args = it.training_arguments(
+        tmp_path, ctx(), max_steps=60, batch_size=6, learning_rate=1e-2, logging_steps=20, disable_tqdm=True
+    )
+    run = it.train_sft(model, tokenizer, data, data, args=args)
+    assert run["steps"] == 60 and run["tokens"] > 0 and run["tokens_per_second"] > 0
+    assert run["val_loss"] < 0.5, run["val_loss"]  # memorised the six answers
+    assert run["trainable"] == run["total"] and run["memory"]["activations"] > 0
+    frame = it.evaluate_closed(model, tokenizer, records, parse=lambda task, text: text.strip() or None)
+    assert frame["correct"].all(), frame
+    table = it.score_table(frame, n_boot=50)
+    assert table.loc["all", "accuracy"] == 1.0 and table.loc["all", "n"] == len(records)
+
+
+def test_generate_replies_batched_equals_single_and_skips_long(tokenizer, records):
+    model = tiny_model(tokenizer, seed=1).eval()
+    prompts = [it.prompt_of(r["messages"]) for r in records]
+    batched = it.generate_replies(model, tokenizer, prompts, max_new_tokens=5, batch_size=6)
+    single = [it.generate_replies(model, tokenizer, [p], max_new_tokens=5)[0] for p in prompts]
+    assert batched == single
+    long = [{"role": "user", "content": "the dress " * 80}]
+    assert it.generate_replies(model, tokenizer, [long], max_new_tokens=5) == [None]
+
+
+def test_lora_trains_few_parameters_and_memory_accounting(tokenizer, records):
+    data, _ = it.tokenize_records(records, tokenizer, 64, tokenize_fn=chat_tokenize)
+    batch = it.SFTCollator(tokenizer.pad_token_id)([data[i] for i in range(4)])
+    model = tiny_model(tokenizer)
+    full = it.training_memory(model, batch)
+    lora = it.add_lora(model, r=4, alpha=8)
+    trainable, total = it.count_trainable(lora)
+    assert 0 < trainable < total / 5
+    small = it.training_memory(lora, batch)
+    assert small["gradients"] < full["gradients"] and small["optimizer"] == 2 * small["gradients"]
+    before = model.get_output_embeddings().weight.clone()
+    merged = lora.merge_and_unload()  # B = 0 at init: merging changes nothing
+    torch.testing.assert_close(merged.get_output_embeddings().weight, before)
+
+
+def test_gradient_checkpointing_saves_activation_memory(tokenizer, records):
+    data, _ = it.tokenize_records(records, tokenizer, 64, tokenize_fn=chat_tokenize)
+    batch = it.SFTCollator(tokenizer.pad_token_id)([data[i] for i in range(6)])
+    model = tiny_model(tokenizer)
+    plain = it.training_memory(model, batch)["activations"]
+    it.enable_checkpointing(model)
+    assert it.training_memory(model, batch)["activations"] < plain
+
+
+def test_accuracy_ci_and_paired_difference():
+    after = np.array([1] * 80 + [0] * 20)
+    before = np.array([1] * 30 + [0] * 70)
+    ci = it.accuracy_ci(after, n_boot=200)
+    assert ci["estimate"] == pytest.approx(0.8) and ci["low"] < 0.8 < ci["high"]
+    diff = it.accuracy_ci(after, before, n_boot=200)
+    assert diff["estimate"] == pytest.approx(0.5) and diff["low"] > 0
+
+
+def test_mixed_precision_flags_and_training_time():
+    assert it.mixed_precision_flags("cpu") == {"bf16": False, "fp16": False}
+    assert it.training_seconds(1e8, 1e6, 1e12, mfu=0.5) == pytest.approx(6 * 1e8 * 1e6 / 5e11)
+    with pytest.raises(ValueError):
+        it.training_seconds(1e8, 1e6, 1e12, mfu=0)
+
+
+def test_closed_records_and_prompt_of(records):
+    rows = it.closed_records(records + [{**records[0], "id": "open", "answer": None}], limit_per_task=4)
+    assert len(rows) == 4 and all(r["answer"] for r in rows)
+    assert it.prompt_of(records[0]["messages"])[-1]["role"] == "user"
+    with pytest.raises(ValueError, match="assistant turn"):
+        it.prompt_of(records[0]["messages"][:1])
+
+
+def test_trl_prompt_completion_matches_our_labels_and_trains(tokenizer, records, tmp_path):
+    ours, _ = it.tokenize_records(records, tokenizer, 64, tokenize_fn=chat_tokenize)
+    config = it.trl_config(tmp_path, ctx(), max_steps=2, batch_size=2, learning_rate=1e-3, max_length=64)
+    assert config.gradient_checkpointing is False and config.bf16 is False and config.completion_only_loss
+    trainer = it.trl_trainer(tiny_model(tokenizer), tokenizer, it.prompt_completion(records), args=config)
+    newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    for mine, theirs in zip(ours, trainer.train_dataset):
+        assert theirs["input_ids"] == mine["input_ids"] and mine["input_ids"][-1:] == newline
+        # TRL also trains the template's newline after <|im_end|>; everything else is labelled the same
+        assert theirs["labels"] == mine["labels"][:-1] + newline and mine["labels"][-1] == -100
+    run = it.run_trainer(trainer)
+    assert run["steps"] == 2 and run["tokens"] > 0 and run["val_loss"] is None
+
+
+def test_format_duration():
+    assert it.format_duration(42) == "42.0 s"
+    assert it.format_duration(90) == "1.5 min"
+    assert it.format_duration(2 * 86400) == "2.0 days"
