@@ -16,6 +16,10 @@ Modules mirror the chapters; each function's docstring says where the book teach
 - :mod:`book_utils.metrics` — offline ``evaluate`` metrics, bootstrap intervals, calibration (chapter 4)
 - :mod:`book_utils.sft_data` — SFT records, chat templates, cleaning, validation, loss masks, packing (chapter 4b)
 - :mod:`book_utils.instruction_tuning` — prompt-masked SFT of decoders, LoRA, evaluation, forgetting (chapter 4c)
+- :mod:`book_utils.decoding` — decoding strategies from scratch, repetition metrics, KV cache, batching (chapter 5)
+- :mod:`book_utils.compression` — int8/fp16 quantization, distillation, pruning, ONNX export (chapter 5)
+- :mod:`book_utils.serving` — a FastAPI service with validation, a background uvicorn server, a load test (chapter 5)
+- :mod:`book_utils.faq` — sliding windows, k-fold evaluation, training-time and memory arithmetic (chapter 6)
 """
 
 from book_utils.environment import BookContext, setup

@@ -1,0 +1,83 @@
+"""Tests of book_utils.compression on a tiny random Llama (chapter 5)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from book_utils import compression as comp
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        max_position_embeddings=32, tie_word_embeddings=True,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def blocks():
+    return torch.randint(0, 40, (8, 17), generator=torch.Generator().manual_seed(1))
+
+
+def test_int8_is_smaller_and_close(tiny, blocks):
+    q = comp.quantize_int8(tiny)
+    assert comp.state_dict_bytes(q) < comp.state_dict_bytes(tiny)
+    before, after = comp.evaluate_lm(tiny, blocks), comp.evaluate_lm(q, blocks)
+    assert abs(before["loss"] - after["loss"]) < 0.05
+    assert type(tiny.model.layers[0].mlp.up_proj) is torch.nn.Linear  # the original is untouched
+
+
+def test_evaluate_lm_matches_cross_entropy(tiny, blocks):
+    logits = tiny(input_ids=blocks[:, :-1]).logits
+    expected = F.cross_entropy(logits.reshape(-1, 40), blocks[:, 1:].reshape(-1)).item()
+    assert comp.evaluate_lm(tiny, blocks, batch_size=3)["loss"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_half_precision(tiny):
+    assert comp.state_dict_bytes(comp.cast(tiny, torch.bfloat16)) < 0.6 * comp.state_dict_bytes(tiny)
+    with pytest.raises(ValueError, match="dtype"):
+        comp.cast(tiny, torch.int8)
+
+
+def test_distillation_loss():
+    s, t = torch.randn(3, 5, 7), torch.randn(3, 5, 7)
+    y = torch.randint(0, 7, (3, 5))
+    tau = 2.0
+    p = F.softmax(t / tau, -1)
+    kl = (p * (p.log() - F.log_softmax(s / tau, -1))).sum(-1).mean() * tau**2
+    ce = F.cross_entropy(s.reshape(-1, 7), y.reshape(-1))
+    torch.testing.assert_close(comp.distillation_loss(s, t, y, temperature=tau, alpha=0.3), 0.3 * kl + 0.7 * ce)
+    torch.testing.assert_close(comp.distillation_loss(s, None, y), ce)
+    assert comp.distillation_loss(t, t, y, alpha=1.0).abs() < 1e-6
+
+
+def test_train_lm_lowers_loss(tiny, blocks):
+    import copy
+
+    student = copy.deepcopy(tiny)
+    losses = comp.train_lm(student, blocks, steps=30, batch_size=4, teacher=tiny, progress=False)
+    assert losses[-1] < losses[0]
+
+
+def test_pruning(tiny, blocks):
+    pruned = comp.magnitude_prune(tiny, 0.5)
+    assert comp.weight_sparsity(pruned) == pytest.approx(0.5, abs=0.01)
+    assert comp.weight_sparsity(tiny) == 0.0
+    with pytest.raises(ValueError, match="sparsity"):
+        comp.magnitude_prune(tiny, 1.0)
+    timing = comp.sparse_matmul_latency(32, 32, 4, 0.9, repeats=1)
+    assert set(timing) == {"dense", "sparse_csr"}
+
+
+def test_onnx_parity(tiny, tmp_path):
+    path = comp.export_onnx(tiny, tmp_path / "m.onnx")
+    session = comp.onnx_session(path, threads=1)
+    for shape in [(1, 5), (3, 11)]:
+        ids = torch.randint(0, 40, shape)
+        with torch.no_grad():
+            ref = tiny(input_ids=ids).logits
+        torch.testing.assert_close(comp.onnx_logits(session, ids), ref, atol=1e-4, rtol=1e-4)
