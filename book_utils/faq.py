@@ -5,11 +5,10 @@ a link to the cell of an earlier chapter that measured it, or one of the small c
 cheap enough to run in seconds on a CPU:
 
 - :func:`window_spans` / :func:`owner_window`: long text as overlapping windows with a stride (question 12);
-- :func:`repeated_ngram_rate`: how repetitive a generated text is (question 13);
 - :func:`kfold_macro_f1`: k-fold cross-validation of a classifier (questions 11 and 17);
 - :func:`training_time` / :func:`training_flops`: how long fine-tuning takes, from tokens and throughput
   (question 6);
-- :func:`quantize_int8` / :func:`weight_bytes`: what shrinking a model to 8 bits costs (question 18).
+- :func:`quantize_rows_int8` / :func:`weight_bytes`: what shrinking a model to 8 bits costs (question 18).
 """
 
 from __future__ import annotations
@@ -78,26 +77,6 @@ def owner_window(spans: Sequence[tuple[int, int]], n_tokens: int) -> np.ndarray:
 
 
 # --- repetition (FAQ 13) -------------------------------------------------------------------------------------
-
-
-def repeated_ngram_rate(ids: Sequence[int], n: int = 4) -> float:
-    """Share of the ``n``-grams of ``ids`` that already occurred earlier in ``ids`` (0 = no repeats).
-
-    A looping greedy decoder scores close to 1; ordinary prose a few per cent.
-    """
-    n = _positive_int("n", n)
-    ids = list(ids)
-    if len(ids) < n:
-        raise ValueError(f"need at least n={n} tokens, got {len(ids)}")
-    seen, repeats = set(), 0
-    for i in range(len(ids) - n + 1):
-        gram = tuple(ids[i : i + n])
-        repeats += gram in seen
-        seen.add(gram)
-    return repeats / (len(ids) - n + 1)
-
-
-# --- evaluation: k-fold cross-validation (FAQ 11, 17) ------------------------------------------------------
 
 
 def tfidf_logreg_pipeline(C: float = 10.0, *, seed: int = 0, max_features: int = 50_000):
@@ -169,11 +148,11 @@ def weight_bytes(n_params: int, fmt: str) -> float:
     return n_params * BYTES_PER_WEIGHT[fmt]
 
 
-def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def quantize_rows_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-row int8 quantisation: ``weight ≈ q · scale`` with ``q`` in [-127, 127].
 
     ``scale = max|row| / 127`` per output row, ``q = round(weight / scale)``. Returns ``(q, scale)``;
-    :func:`dequantize_int8` maps them back. The rounding error of each weight is at most ``scale / 2``.
+    :func:`dequantize_rows_int8` maps them back. The rounding error of each weight is at most ``scale / 2``.
     """
     if not isinstance(weight, torch.Tensor) or weight.dim() != 2 or not weight.is_floating_point():
         raise ValueError("weight must be a 2-D floating-point tensor (out_features, in_features)")
@@ -182,19 +161,19 @@ def quantize_int8(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return q, scale
 
 
-def dequantize_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+def dequantize_rows_int8(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``q · scale`` in float32: the weights an int8 model computes with."""
     return q.to(torch.float32) * scale
 
 
-def quantize_linear_layers(model: torch.nn.Module) -> int:
+def simulate_int8_linear(model: torch.nn.Module) -> int:
     """Replace every ``nn.Linear`` weight of ``model`` by its int8 round trip, in place (a simulation of
     weight-only int8 quantisation); returns the number of weights quantised."""
     count = 0
     with torch.no_grad():
         for module in model.modules():
             if isinstance(module, torch.nn.Linear):
-                module.weight.copy_(dequantize_int8(*quantize_int8(module.weight)))
+                module.weight.copy_(dequantize_rows_int8(*quantize_rows_int8(module.weight)))
                 count += module.weight.numel()
     return count
 
@@ -220,14 +199,13 @@ def human_duration(seconds: float) -> str:
 
 __all__ = [
     "BYTES_PER_WEIGHT",
-    "dequantize_int8",
+    "dequantize_rows_int8",
     "human_bytes",
     "human_duration",
     "kfold_macro_f1",
     "owner_window",
-    "quantize_int8",
-    "quantize_linear_layers",
-    "repeated_ngram_rate",
+    "quantize_rows_int8",
+    "simulate_int8_linear",
     "tfidf_logreg_pipeline",
     "training_flops",
     "training_time",

@@ -53,14 +53,6 @@ def test_owner_window_picks_the_most_central_window():
         faq.owner_window([(0, 5)], 10)
 
 
-def test_repeated_ngram_rate():
-    assert faq.repeated_ngram_rate([1, 2, 3, 4, 5, 6], n=2) == 0.0
-    assert faq.repeated_ngram_rate([7] * 10, n=3) == pytest.approx(7 / 8)
-    assert faq.repeated_ngram_rate([1, 2, 1, 2, 1, 2], n=2) == pytest.approx(3 / 5)
-    with pytest.raises(ValueError, match="at least"):
-        faq.repeated_ngram_rate([1, 2], n=4)
-
-
 def test_kfold_macro_f1_separable_data():
     texts = [f"great lovely item {i}" for i in range(20)] + [f"awful broken item {i}" for i in range(20)]
     labels = [1] * 20 + [0] * 20
@@ -83,10 +75,10 @@ def test_cost_formulas():
 
 def test_int8_round_trip_error_is_at_most_half_a_step():
     w = torch.randn(16, 32, generator=torch.Generator().manual_seed(0))
-    q, scale = faq.quantize_int8(w)
+    q, scale = faq.quantize_rows_int8(w)
     assert q.dtype == torch.int8 and q.abs().max() == 127
-    assert (faq.dequantize_int8(q, scale) - w).abs().max() <= scale.max() / 2 + 1e-7
+    assert (faq.dequantize_rows_int8(q, scale) - w).abs().max() <= scale.max() / 2 + 1e-7
     layer = torch.nn.Sequential(torch.nn.Linear(32, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
-    assert faq.quantize_linear_layers(layer) == 32 * 8 + 8 * 2
+    assert faq.simulate_int8_linear(layer) == 32 * 8 + 8 * 2
     with pytest.raises(ValueError, match="2-D"):
-        faq.quantize_int8(torch.randn(3))
+        faq.quantize_rows_int8(torch.randn(3))
