@@ -794,9 +794,8 @@ def load_or_train_sft_model(ctx):
     a few minutes in ``full``), saved, then loaded. Chapter 5 (deployment) starts from it; prompts go
     through ``tokenizer.apply_chat_template(messages, add_generation_prompt=True)``.
     """
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
     from book_utils.cache import is_complete
+    from book_utils.pretraining import load_saved_llama
 
     folder = sft_model_dir(ctx.profile)
     if not is_complete(folder):
@@ -804,15 +803,7 @@ def load_or_train_sft_model(ctx):
         model, tokenizer, run = train_sft_model(ctx)
         info = {k: run[k] for k in ("recipe", "dropped", "val_loss", "train_loss", "seconds", "tokens")}
         save_sft_model(ctx.profile, model, tokenizer, info)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(folder)
-        model = LlamaForCausalLM.from_pretrained(folder)
-    except Exception as error:  # noqa: BLE001
-        raise RuntimeError(
-            f"the SFT model in {folder} cannot be loaded ({error}); delete {folder} and call "
-            "load_or_train_sft_model again"
-        ) from error
-    return model.to(ctx.device).eval(), tokenizer
+    return load_saved_llama(folder, ctx.device, what="the SFT model", retry="load_or_train_sft_model")
 
 
 # --- SmolLM2 as a trainable checkpoint ---------------------------------------------------------------------

@@ -1015,22 +1015,31 @@ def load_base_model(ctx):
     earlier call) has trained it with this profile; otherwise trained now with the profile's preset (CPU:
     seconds for ``ci``, minutes for ``full``), saved, then loaded. Chapters 4c and 5 start from it.
     """
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
     from book_utils.cache import is_complete
 
     folder = base_model_dir(ctx.profile) / "model"
     if not is_complete(folder):
         print(f"no trained base model in {folder}: pretraining one with the {ctx.profile!r} profile")
         pretrain_base_model(ctx)
+    return load_saved_llama(folder, ctx.device, what="the base model", retry="load_base_model")
+
+
+def load_saved_llama(folder, device, *, what: str, retry: str):
+    """``(model, tokenizer)`` of a ``save_pretrained`` Llama folder, in eval mode on ``device``.
+
+    Shared by :func:`load_base_model` and chapter 4c's SFT model. A folder that cannot be loaded raises
+    :class:`CheckpointError` naming ``what`` it held and the call (``retry``) to run after deleting it.
+    """
+    from transformers import AutoTokenizer, LlamaForCausalLM
+
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder)
         model = LlamaForCausalLM.from_pretrained(folder)
     except Exception as error:  # noqa: BLE001
         raise CheckpointError(
-            f"the base model in {folder} cannot be loaded ({error}); delete {folder} and call load_base_model again"
+            f"{what} in {folder} cannot be loaded ({error}); delete {folder} and call {retry} again"
         ) from error
-    return model.to(ctx.device).eval(), tokenizer
+    return model.to(device).eval(), tokenizer
 
 
 # --- a character-level tokenizer for the nanoGPT anchor ---------------------------------------------------
