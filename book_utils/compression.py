@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from book_utils.instruction_tuning import IGNORE_INDEX
+
 # --- size, latency, quality ---------------------------------------------------------------------------------
 
 
@@ -48,23 +50,38 @@ def median_latency(fn, repeats: int = 5, warmup: int = 1) -> float:
 
 
 @torch.no_grad()
-def evaluate_lm(model, blocks: torch.Tensor, batch_size: int = 16) -> dict:
+def evaluate_lm(model, blocks: torch.Tensor, labels: torch.Tensor | None = None, batch_size: int = 16) -> dict:
     """Next-token quality on held-out token ``blocks`` ``(N, T+1)``: ``{"loss", "perplexity", "accuracy"}``
-    (mean NLL in nats, exp(loss), top-1 next-token accuracy). Works for float, half and int8 models."""
+    (mean NLL in nats, exp(loss), top-1 next-token accuracy). ``labels`` (same shape, ``-100`` = not scored)
+    restricts the score to some positions, e.g. the assistant's tokens of right-padded SFT conversations.
+    Works for float, half and int8 models."""
     if blocks.dim() != 2 or blocks.shape[1] < 2:
         raise ValueError(f"blocks must be (N, T+1) token ids with T >= 1, got shape {tuple(blocks.shape)}")
+    labels = _check_labels(blocks, labels)
     was_training = model.training
     model.eval()
     nll, correct, count = 0.0, 0, 0
+    device = next(model.parameters()).device
     for i in range(0, len(blocks), batch_size):
-        x = blocks[i : i + batch_size]
-        logits = model(input_ids=x[:, :-1], use_cache=False).logits.float()
-        targets = x[:, 1:]
-        nll += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum").item()
-        correct += (logits.argmax(-1) == targets).sum().item()
-        count += targets.numel()
+        logits = model(input_ids=blocks[i : i + batch_size, :-1].to(device), use_cache=False).logits.float()
+        targets = labels[i : i + batch_size, 1:].to(device)
+        scored = targets != IGNORE_INDEX
+        nll += F.cross_entropy(logits[scored], targets[scored], reduction="sum").item()
+        correct += (logits[scored].argmax(-1) == targets[scored]).sum().item()
+        count += int(scored.sum())
     model.train(was_training)
+    if count == 0:
+        raise ValueError("no position to score: every label is -100")
     return {"loss": nll / count, "perplexity": math.exp(nll / count), "accuracy": correct / count}
+
+
+def _check_labels(blocks: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    """``labels`` or, when None, ``blocks`` themselves (every next token scored)."""
+    if labels is None:
+        return blocks
+    if labels.shape != blocks.shape:
+        raise ValueError(f"labels shape {tuple(labels.shape)} != blocks shape {tuple(blocks.shape)}")
+    return labels
 
 
 # --- quantization ---------------------------------------------------------------------------------------------
@@ -108,20 +125,23 @@ def distillation_loss(
 
     ``p^τ = softmax(z / τ)``: a temperature τ > 1 softens both distributions so the student also learns how the
     teacher ranks the *wrong* tokens ("dark knowledge"); τ² keeps the gradient scale independent of τ (Hinton
-    et al. 2015). ``alpha=0`` (or no teacher) is plain training on hard labels. Logits ``(..., V)``, targets ``(...)``.
+    et al. 2015). ``alpha=0`` (or no teacher) is plain training on hard labels. Logits ``(..., V)``, targets
+    ``(...)``; positions whose target is ``-100`` (prompt and padding of an SFT batch) count in neither term.
     """
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature!r}")
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha!r}")
-    vocab = student_logits.shape[-1]
-    hard = F.cross_entropy(student_logits.reshape(-1, vocab), targets.reshape(-1))
+    if teacher_logits is not None and teacher_logits.shape != student_logits.shape:
+        raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} != student logits {tuple(student_logits.shape)}")
+    scored = targets != IGNORE_INDEX
+    if not scored.any():
+        raise ValueError("no position to train on: every target is -100")
+    hard = F.cross_entropy(student_logits[scored], targets[scored])
     if teacher_logits is None or alpha == 0:
         return hard
-    if teacher_logits.shape != student_logits.shape:
-        raise ValueError(f"teacher logits {tuple(teacher_logits.shape)} != student logits {tuple(student_logits.shape)}")
-    log_q = F.log_softmax(student_logits.reshape(-1, vocab) / temperature, dim=-1)
-    log_p = F.log_softmax(teacher_logits.reshape(-1, vocab).float() / temperature, dim=-1)
+    log_q = F.log_softmax(student_logits[scored] / temperature, dim=-1)
+    log_p = F.log_softmax(teacher_logits[scored].float() / temperature, dim=-1)
     soft = F.kl_div(log_q, log_p, log_target=True, reduction="batchmean") * temperature**2
     return alpha * soft + (1 - alpha) * hard
 
@@ -130,6 +150,7 @@ def train_lm(
     student,
     blocks: torch.Tensor,
     *,
+    labels: torch.Tensor | None = None,
     steps: int,
     batch_size: int = 16,
     lr: float = 3e-3,
@@ -141,11 +162,15 @@ def train_lm(
 ) -> list[float]:
     """Train ``student`` (a causal LM) for ``steps`` AdamW steps on random batches of token ``blocks`` with
     :func:`distillation_loss` (hard labels only when ``teacher`` is None); cosine learning-rate decay.
-    Returns the loss per step. The same seed draws the same batches with or without a teacher."""
+    ``labels`` (same shape as ``blocks``, ``-100`` = not trained on) restricts the loss to some positions:
+    right-padded SFT conversations train on the assistant's tokens only. Returns the loss per step. The same
+    seed draws the same batches with or without a teacher."""
     from tqdm.auto import tqdm
 
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps!r}")
+    labels = _check_labels(blocks, labels)
+    device = next(student.parameters()).device
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.AdamW(student.parameters(), lr=lr, weight_decay=0.0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
@@ -154,11 +179,12 @@ def train_lm(
     student.train()
     losses = []
     for _ in tqdm(range(steps), desc="distil" if teacher is not None else "train", disable=not progress, leave=False):
-        x = blocks[torch.randint(0, len(blocks), (batch_size,), generator=gen)]
-        logits = student(input_ids=x[:, :-1], use_cache=False).logits
+        rows = torch.randint(0, len(blocks), (batch_size,), generator=gen)
+        x, targets = blocks[rows, :-1].to(device), labels[rows, 1:].to(device)
+        logits = student(input_ids=x, use_cache=False).logits
         with torch.no_grad():
-            t_logits = teacher(input_ids=x[:, :-1], use_cache=False).logits if teacher is not None else None
-        loss = distillation_loss(logits, t_logits, x[:, 1:], temperature=temperature, alpha=alpha)
+            t_logits = teacher(input_ids=x, use_cache=False).logits if teacher is not None else None
+        loss = distillation_loss(logits, t_logits, targets, temperature=temperature, alpha=alpha)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)

@@ -180,7 +180,7 @@ def generate(
     cfg: DecodingConfig | None = None,
     *,
     attention_mask: torch.Tensor | None = None,
-    eos_token_id: int | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
     pad_token_id: int | None = None,
     use_cache: bool = True,
     deadline: float | None = None,
@@ -189,7 +189,8 @@ def generate(
 
     With ``use_cache`` the prompt is run once (prefill) and each step feeds only the newest token together with
     the keys and values of all earlier positions (``past_key_values``, a ``DynamicCache``); without it every step
-    recomputes the whole prefix. A row that produced ``eos_token_id`` is finished and padded with
+    recomputes the whole prefix. A row that produced ``eos_token_id`` (one id, or several such as a chat
+    model's ``<|im_end|>`` and ``<|endoftext|>``, see :func:`stop_token_ids`) is finished and padded with
     ``pad_token_id``; the loop stops when every row is finished. Sampling uses the global torch RNG (seed it
     with ``torch.manual_seed``), like ``model.generate``. ``deadline`` (a ``time.perf_counter()`` value) raises
     :class:`TimeoutError` when passed, so a server can bound a request's time.
@@ -203,9 +204,14 @@ def generate(
         attention_mask = torch.ones_like(input_ids)
     if attention_mask.shape != input_ids.shape:
         raise ValueError(f"attention_mask shape {tuple(attention_mask.shape)} != input_ids {tuple(input_ids.shape)}")
-    if eos_token_id is not None and pad_token_id is None:
-        pad_token_id = eos_token_id
     device = next(model.parameters()).device
+    stops = None
+    if eos_token_id is not None:
+        stops = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
+        if stops.numel() == 0:
+            raise ValueError("eos_token_id is an empty list: pass None to generate without stopping")
+        if pad_token_id is None:
+            pad_token_id = int(stops[0])
     ids, mask = input_ids.to(device), attention_mask.to(device)
     unfinished = torch.ones(ids.shape[0], dtype=torch.bool, device=device)
     past, step_ids = None, ids
@@ -229,22 +235,40 @@ def generate(
             next_ids = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
         else:
             next_ids = scores.argmax(dim=-1)
-        if eos_token_id is not None:
+        if stops is not None:
             next_ids = torch.where(unfinished, next_ids, torch.full_like(next_ids, pad_token_id))
         ids = torch.cat([ids, next_ids[:, None]], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         step_ids = next_ids[:, None]
-        if eos_token_id is not None:
-            unfinished &= next_ids != eos_token_id
+        if stops is not None:
+            unfinished &= ~torch.isin(next_ids, stops)
             if not unfinished.any():
                 break
     return ids
 
 
+def stop_token_ids(tokenizer) -> list[int]:
+    """Token ids that end a reply: ``<|im_end|>`` (ChatML end of turn) and the tokenizer's eos, when present."""
+    ids = []
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
+        ids.append(im_end)
+    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
+        ids.append(tokenizer.eos_token_id)
+    return ids
+
+
+def until_stop(tokens: Sequence[int], stops: Sequence[int]) -> list[int]:
+    """The generated ``tokens`` up to (not including) the first stop token: one reply, its padding dropped."""
+    tokens = list(tokens)
+    return tokens[: next((k for k, t in enumerate(tokens) if t in stops), len(tokens))]
+
+
 def generate_text(model, tokenizer, prompt: str, max_new_tokens: int, cfg: DecodingConfig | None = None, **kw) -> str:
-    """Decode one prompt string and return only the new text (special tokens removed)."""
+    """Decode one prompt string and return only the new text (special tokens removed); stops at
+    :func:`stop_token_ids`."""
     ids, mask = left_pad(tokenizer, [prompt])
-    out = generate(model, ids, max_new_tokens, cfg, attention_mask=mask, eos_token_id=tokenizer.eos_token_id, **kw)
+    out = generate(model, ids, max_new_tokens, cfg, attention_mask=mask, eos_token_id=stop_token_ids(tokenizer), **kw)
     return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True)
 
 

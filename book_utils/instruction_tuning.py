@@ -35,6 +35,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from book_utils.decoding import stop_token_ids, until_stop
+
 #: Cache name of the instruction-tuned base model: ``artifact_dir(SFT_MODEL_ARTIFACT, profile)`` holds the
 #: merged model and tokenizer (``from_pretrained``-loadable) and ``sft_info.json`` (recipe and scores).
 SFT_MODEL_ARTIFACT = "sft-model"
@@ -501,17 +503,6 @@ def prompt_of(messages: list[dict]) -> list[dict]:
     return list(messages[:-1])
 
 
-def stop_token_ids(tokenizer) -> list[int]:
-    """Token ids that end a reply: ``<|im_end|>`` (ChatML end of turn) and the tokenizer's eos, when present."""
-    ids = []
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id and im_end is not None:
-        ids.append(im_end)
-    if tokenizer.eos_token_id is not None and tokenizer.eos_token_id not in ids:
-        ids.append(tokenizer.eos_token_id)
-    return ids
-
-
 def context_length(model) -> int:
     """The model's context window in tokens (``max_position_embeddings``)."""
     return int(model.config.max_position_embeddings)
@@ -578,8 +569,7 @@ def generate_replies(
             pad_token_id=pad,
         )
         for i, row in zip(chunk, out[:, longest:].tolist()):
-            cut = next((k for k, t in enumerate(row) if t in stops), len(row))
-            replies[i] = tokenizer.decode(row[:cut], skip_special_tokens=True)
+            replies[i] = tokenizer.decode(until_stop(row, stops), skip_special_tokens=True)
     model.train(was_training)
     return replies
 
@@ -618,18 +608,20 @@ def evaluate_closed(
         progress=progress,
         context=context,
     )
+    # parsed from the Python lists: in a pandas 3 string column a missing reply is NaN, not None
+    parsed = [parse(r["task"], reply) if reply is not None else None for r, reply in zip(rows, replies)]
     frame = pd.DataFrame(
         {
             "id": [r["id"] for r in rows],
             "task": [r["task"] for r in rows],
             "answer": [r["answer"] for r in rows],
             "reply": replies,
+            "fits": [reply is not None for reply in replies],
+            "parsed": parsed,
+            "format_ok": [p is not None for p in parsed],
+            "correct": [p is not None and p == r["answer"] for r, p in zip(rows, parsed)],
         }
     )
-    frame["fits"] = frame["reply"].notna()
-    frame["parsed"] = [parse(t, x) if x is not None else None for t, x in zip(frame["task"], frame["reply"])]
-    frame["format_ok"] = frame["parsed"].notna()
-    frame["correct"] = frame["parsed"] == frame["answer"]
     return frame
 
 
@@ -739,13 +731,16 @@ def sft_model_dir(profile: str) -> Path:
 def save_sft_model(profile: str, model, tokenizer, info: dict | None = None) -> Path:
     """Write the (merged) SFT model and its tokenizer to :func:`sft_model_dir` in safetensors, atomically.
 
-    In the ``ci`` profile the saved config records the :data:`CI_CONTEXT` positions the model was fine-tuned
+    The generation config lists :func:`~book_utils.decoding.stop_token_ids` as eos, so ``model.generate``
+    stops at the end of the assistant's turn, as for any chat model on the Hub. In the ``ci`` profile the
+    saved config records the :data:`CI_CONTEXT` positions the model was fine-tuned
     with (see :func:`sft_context`), so that code loading it (chapter 5) sees the context it was trained on.
     """
     from book_utils.cache import atomic_dir
 
     if profile == "ci":
         model.config.max_position_embeddings = max(model.config.max_position_embeddings, CI_CONTEXT)
+    model.generation_config.eos_token_id = stop_token_ids(tokenizer)  # `generate` ends the reply at <|im_end|>
     folder = sft_model_dir(profile)
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)

@@ -69,7 +69,7 @@ def create_app(model, tokenizer, *, max_prompt_tokens: int | None = None, timeou
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
 
-    from book_utils.decoding import DecodingConfig, generate
+    from book_utils.decoding import DecodingConfig, generate, stop_token_ids
 
     context = model.config.max_position_embeddings
     if max_prompt_tokens is None:
@@ -111,7 +111,7 @@ def create_app(model, tokenizer, *, max_prompt_tokens: int | None = None, timeou
         try:
             torch.manual_seed(req.seed)
             out = generate(
-                model, torch.tensor([ids]), new, cfg, eos_token_id=tokenizer.eos_token_id,
+                model, torch.tensor([ids]), new, cfg, eos_token_id=stop_token_ids(tokenizer),
                 deadline=time.perf_counter() + timeout_s,
             )
         except TimeoutError:

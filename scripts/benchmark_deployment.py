@@ -1,13 +1,14 @@
 """Benchmark of chapter 5's deployment figures: KV-cache speedup, int8 size/speed, ONNX vs torch, serving.
 
     python scripts/benchmark_deployment.py                       # SmolLM2 for the cache and int8, our model for the rest
-    python scripts/benchmark_deployment.py --big base --new-tokens 100   # no SmolLM2 (faster; context 128)
+    python scripts/benchmark_deployment.py --big ours --new-tokens 100   # no SmolLM2 (faster; context 128)
     python scripts/benchmark_deployment.py --skip kv int8        # only ONNX and serving
 
 It prints the figures chapter 5 quotes: the speedup of generating ``--new-tokens`` greedy tokens with the KV
 cache over recomputing the prefix; the saved-size and forward-latency ratios of dynamic int8 over fp32; the
 onnxruntime/torch latency ratio of our model's logits (with the max logit difference); and the p50/p95
-latency and throughput of the HTTP service under a bounded concurrent load. It is not a test: timings
+latency and throughput of the HTTP service under a bounded concurrent load of chat requests. "Our model" is
+the book's instruction-tuned model of chapter 4c (trained first if the cache lacks it). It is not a test: timings
 depend on the machine and its load (the book's figures come from a shared 2-core CPU).
 """
 
@@ -31,8 +32,8 @@ PARTS = ("kv", "int8", "onnx", "serving")
 
 def parse(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--profile", default="full", choices=("ci", "full"), help="which cached base model")
-    parser.add_argument("--big", default="smollm2", choices=("smollm2", "base"), help="model for the KV-cache and int8 figures")
+    parser.add_argument("--profile", default="full", choices=("ci", "full"), help="which cached SFT model")
+    parser.add_argument("--big", default="smollm2", choices=("smollm2", "ours"), help="model for the KV-cache and int8 figures")
     parser.add_argument("--new-tokens", type=int, default=256, help="tokens generated for the KV-cache speedup")
     parser.add_argument("--requests", type=int, default=24, help="requests per concurrency level in the load test")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4])
@@ -47,12 +48,12 @@ def main(argv=None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     import book_utils
-    from book_utils.pretraining import load_base_model
+    from book_utils.instruction_tuning import load_or_train_sft_model
 
     ctx = book_utils.setup(seed=0, verbose=False)
     print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")
-    model, tokenizer = load_base_model(ctx)
+    model, tokenizer = load_or_train_sft_model(ctx)
     model = model.cpu()
     figures = {}
     if args.big == "smollm2" and ({"kv", "int8"} - set(args.skip)):
@@ -61,10 +62,12 @@ def main(argv=None) -> dict:
         big_tok, big = load_smollm2()
     else:
         big_tok, big = tokenizer, model
-    text = "The quick brown fox jumps over the lazy dog. " * 20
+    request = "Continue this passage from Hamlet:\n\nTo be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer"
+    chat = [{"role": "user", "content": request}]
+    text = big_tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) + "The quick brown fox. " * 40
     with torch.inference_mode():
         if "kv" not in args.skip:
-            prompt = torch.tensor([big_tok(text, add_special_tokens=False)["input_ids"][:16]])
+            prompt = torch.tensor([big_tok(text, add_special_tokens=False)["input_ids"][:16]])   # 16 tokens of a chat prompt
             limit = big.config.max_position_embeddings - 16
             new = min(args.new_tokens, limit)
             with_cache = dec.time_generation(big, prompt, new, use_cache=True)
@@ -94,7 +97,7 @@ def main(argv=None) -> dict:
                           f"(ratio {t_ort / t_torch:.2f}), max |logit diff| {diff:.1e}")
     if "serving" not in args.skip:
         app = serving.create_app(model, tokenizer, max_prompt_tokens=model.config.max_position_embeddings // 2)
-        payloads = [{"prompt": "\n\nHAMLET.\n", "max_new_tokens": 32, "do_sample": True, "top_p": 0.9, "seed": i}
+        payloads = [{"prompt": request, "chat": True, "max_new_tokens": 32, "do_sample": True, "top_p": 0.9, "seed": i}
                     for i in range(args.requests)]
         with serving.BackgroundServer(app) as server:
             for c in args.concurrency:

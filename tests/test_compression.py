@@ -55,12 +55,34 @@ def test_distillation_loss():
     assert comp.distillation_loss(t, t, y, alpha=1.0).abs() < 1e-6
 
 
+def test_masked_positions_count_nowhere(tiny, blocks):
+    """SFT conversations score only the assistant's tokens: -100 targets leave the loss and the metrics."""
+    s, t = torch.randn(2, 5, 7), torch.randn(2, 5, 7)
+    y = torch.randint(0, 7, (2, 5))
+    masked = y.clone()
+    masked[:, :3] = -100
+    torch.testing.assert_close(comp.distillation_loss(s, t, masked), comp.distillation_loss(s[:, 3:], t[:, 3:], y[:, 3:]))
+    with pytest.raises(ValueError, match="every target"):
+        comp.distillation_loss(s, t, torch.full_like(y, -100))
+    labels = blocks.clone()
+    labels[:, :10] = -100
+    logits = tiny(input_ids=blocks[:, :-1]).logits[:, 9:]
+    expected = F.cross_entropy(logits.reshape(-1, 40), blocks[:, 10:].reshape(-1)).item()
+    assert comp.evaluate_lm(tiny, blocks, labels, batch_size=3)["loss"] == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="shape"):
+        comp.evaluate_lm(tiny, blocks, labels[:, 1:])
+
+
 def test_train_lm_lowers_loss(tiny, blocks):
     import copy
 
     student = copy.deepcopy(tiny)
     losses = comp.train_lm(student, blocks, steps=30, batch_size=4, teacher=tiny, progress=False)
     assert losses[-1] < losses[0]
+    labels = blocks.clone()
+    labels[:, :8] = -100
+    masked = comp.train_lm(copy.deepcopy(tiny), blocks, labels=labels, steps=30, batch_size=4, progress=False)
+    assert masked[-1] < masked[0]
 
 
 def test_pruning(tiny, blocks):

@@ -91,3 +91,40 @@ def test_kv_cache_bytes(tiny):
 def test_deadline(tiny):
     with pytest.raises(TimeoutError):
         dec.generate(tiny, torch.tensor([[1, 2]]), 5, deadline=0.0)
+
+
+def test_several_stop_ids_match_generate(tiny):
+    """A chat model ends its turn at <|im_end|> or eos: a list of stop ids behaves as in ``model.generate``."""
+    ids = torch.tensor([[5, 6, 7, 8], [0, 0, 9, 10]])
+    mask = (ids != 0).long()
+    cfg = dec.DecodingConfig(do_sample=True)
+    plain = dec.generate(tiny, ids, 12, cfg, attention_mask=mask)
+    stops = [int(plain[0, 5]), 3]  # the second token the first row generates becomes a stop token
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        ours = dec.generate(tiny, ids, 12, cfg, attention_mask=mask, eos_token_id=stops, pad_token_id=0)
+        torch.manual_seed(seed)
+        theirs = tiny.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, eos_token_id=stops, pad_token_id=0,
+                               **cfg.generate_kwargs())
+        assert ours.tolist() == theirs.tolist()
+    with pytest.raises(ValueError, match="empty"):
+        dec.generate(tiny, ids, 2, eos_token_id=[])
+
+
+def test_stop_token_ids_prefers_end_of_turn():
+    class Tok:
+        unk_token_id, eos_token_id = None, 0
+        vocab = {"<|im_end|>": 3}
+
+        def convert_tokens_to_ids(self, token):
+            return self.vocab.get(token)
+
+    assert dec.stop_token_ids(Tok()) == [3, 0]
+    Tok.vocab = {}
+    assert dec.stop_token_ids(Tok()) == [0]
+
+
+def test_until_stop():
+    assert dec.until_stop([5, 6, 3, 0, 0], [3, 0]) == [5, 6]
+    assert dec.until_stop([5, 6], [3]) == [5, 6]
+    assert dec.until_stop([3, 5], [3]) == []

@@ -166,6 +166,9 @@ def test_generate_replies_batched_equals_single_and_skips_long(tokenizer, record
     assert batched == single
     long = [{"role": "user", "content": "the dress " * 80}]
     assert it.generate_replies(model, tokenizer, [long], max_new_tokens=5) == [None]
+    too_long = dict(records[0], messages=long + records[0]["messages"][-1:])
+    frame = it.evaluate_closed(model, tokenizer, [records[0], too_long], max_new_tokens=5)
+    assert frame["fits"].tolist() == [True, False] and not frame.loc[1, "format_ok"] and not frame.loc[1, "correct"]
 
 
 def test_lora_trains_few_parameters_and_memory_accounting(tokenizer, records):
@@ -234,3 +237,13 @@ def test_format_duration():
     assert it.format_duration(42) == "42.0 s"
     assert it.format_duration(90) == "1.5 min"
     assert it.format_duration(2 * 86400) == "2.0 days"
+
+
+def test_saved_sft_model_generation_stops_at_end_of_turn(tokenizer, tmp_path, monkeypatch):
+    from transformers import GenerationConfig
+
+    monkeypatch.setenv("BOOK_CACHE", str(tmp_path / "cache"))
+    folder = it.save_sft_model("ci", tiny_model(tokenizer), tokenizer, {"recipe": "test"})
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert GenerationConfig.from_pretrained(folder).eos_token_id == [im_end, tokenizer.eos_token_id]
+    assert (folder / "sft_info.json").exists()

@@ -70,3 +70,26 @@ def test_timeout_gives_504():
     with serving.BackgroundServer(app) as running:
         status, body = serving.post_json(running.url + "/generate", {"prompt": "ab"})
     assert status == 504 and "timeout" in body["detail"]
+
+
+def test_chat_request_stops_at_end_of_turn():
+    """With ``chat: true`` the prompt goes through the chat template and the reply ends at <|im_end|>."""
+    from book_utils.tokenization import train_bpe_tokenizer
+
+    tokenizer = train_bpe_tokenizer(["hello there, how are you? fine thanks. " * 20], vocab_size=300)
+    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    cfg = LlamaConfig(vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                      num_attention_heads=2, max_position_embeddings=128)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # a model that always says <|im_end|>: the residual stream is a constant vector
+        model.model.embed_tokens.weight.fill_(1.0)
+        for layer in model.model.layers:
+            layer.self_attn.o_proj.weight.zero_()
+            layer.mlp.down_proj.weight.zero_()
+        model.lm_head.weight.zero_()
+        model.lm_head.weight[im_end] = 1.0
+    app = serving.create_app(model, tokenizer, max_prompt_tokens=64, timeout_s=5.0)
+    with serving.BackgroundServer(app) as running:
+        status, body = serving.post_json(running.url + "/generate", {"prompt": "hello", "chat": True, "max_new_tokens": 8})
+    assert status == 200, body
+    assert body["new_tokens"] == 1 and body["text"] == ""
