@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from book_utils.decoding import synchronize
 from book_utils.instruction_tuning import IGNORE_INDEX
 
 # --- size, latency, quality ---------------------------------------------------------------------------------
@@ -36,15 +37,17 @@ def state_dict_bytes(model) -> int:
 
 
 def median_latency(fn, repeats: int = 5, warmup: int = 1) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` calls after ``warmup`` untimed calls."""
+    """Median seconds of ``fn()`` over ``repeats`` calls after ``warmup`` untimed calls (GPU work included)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats!r}")
     for _ in range(warmup):
         fn()
     times = []
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
         fn()
+        synchronize()
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 
@@ -176,14 +179,15 @@ def train_lm(
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     if teacher is not None:
         teacher.eval()
+        teacher_device = next(teacher.parameters()).device
     student.train()
     losses = []
     for _ in tqdm(range(steps), desc="distil" if teacher is not None else "train", disable=not progress, leave=False):
         rows = torch.randint(0, len(blocks), (batch_size,), generator=gen)
         x, targets = blocks[rows, :-1].to(device), labels[rows, 1:].to(device)
         logits = student(input_ids=x, use_cache=False).logits
-        with torch.no_grad():
-            t_logits = teacher(input_ids=x, use_cache=False).logits if teacher is not None else None
+        with torch.no_grad():  # the teacher may live on another device (a GPU) than a small student
+            t_logits = None if teacher is None else teacher(input_ids=x.to(teacher_device), use_cache=False).logits.to(device)
         loss = distillation_loss(logits, t_logits, targets, temperature=temperature, alpha=alpha)
         opt.zero_grad(set_to_none=True)
         loss.backward()
