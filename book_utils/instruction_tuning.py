@@ -405,6 +405,9 @@ def run_trainer(trainer) -> dict:
     val_loss = trainer.evaluate()["eval_loss"] if trainer.eval_dataset is not None else None
     losses = [row["loss"] for row in trainer.state.log_history if "loss" in row]
     trainable, total = count_trainable(model)
+    # mixed precision wraps model.forward in bf16/fp16 autocast (accelerate) and leaves the wrapper on: remove
+    # it, so the trained model computes in float32 like the same model reloaded from disk
+    trainer.accelerator.unwrap_model(trainer.model, keep_fp32_wrapper=False)
     model.eval()
     return {
         "trainer": trainer,

@@ -247,3 +247,21 @@ def test_saved_sft_model_generation_stops_at_end_of_turn(tokenizer, tmp_path, mo
     im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
     assert GenerationConfig.from_pretrained(folder).eos_token_id == [im_end, tokenizer.eos_token_id]
     assert (folder / "sft_info.json").exists()
+
+
+def test_mixed_precision_wrapper_is_removed_after_training(tokenizer, records, tmp_path):
+    """With bf16, accelerate wraps ``model.forward`` in autocast; after training the model must compute in
+    float32 again, exactly like the same weights reloaded (on a GPU it silently kept bf16 logits)."""
+    import copy
+
+    data, _ = it.tokenize_records(records, tokenizer, 64, tokenize_fn=chat_tokenize)
+    model = tiny_model(tokenizer)
+    args = it.training_arguments(tmp_path, ctx(), max_steps=2, batch_size=3, learning_rate=1e-3, bf16=True,
+                                 disable_tqdm=True)
+    it.train_sft(model, tokenizer, data, args=args)
+    assert "_original_forward" not in model.__dict__
+    fresh = tiny_model(tokenizer)
+    fresh.load_state_dict(copy.deepcopy(model.state_dict()))
+    batch = it.SFTCollator(tokenizer.pad_token_id)([data[0], data[1]])
+    with torch.no_grad():
+        torch.testing.assert_close(model(input_ids=batch["input_ids"]).logits, fresh.eval()(input_ids=batch["input_ids"]).logits)
