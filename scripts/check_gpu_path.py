@@ -651,7 +651,7 @@ def check_compression(ctx, rep: Report, args, work: Path) -> None:
         _, s_hard = timed(lambda: comp.train_lm(students["hard labels"], train_sft["input_ids"], **kw))
         _, s_dist = timed(lambda: comp.train_lm(students["distilled"], train_sft["input_ids"], teacher=model, **kw))
         rep.add("compression", "INFO", f"two {steps}-step student runs on the device, s", f"{s_hard + s_dist:.1f}", "",
-                f"hard {s_hard:.1f} s, distilled {s_dist:.1f} s (CPU, old notebook version on plays: 123 s)")
+                f"hard {s_hard:.1f} s, distilled {s_dist:.1f} s (CPU: 83 s for both in chapter 5.2)")
         losses = {k: comp.evaluate_lm(m, test_sft["input_ids"], test_sft["labels"])["loss"] for k, m in students.items()}
         rep.add("compression", "INFO", "students' SFT answer loss: hard / distilled", f"{losses['hard labels']:.3f} / {losses['distilled']:.3f}")
     with rep.guard("compression", "export_onnx of a cuda model"):
