@@ -239,33 +239,40 @@ def training_arguments(
     _check_positive_int("grad_accum", grad_accum)
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
-    warmup_steps = max(0, round(warmup_ratio * max_steps))
-    kwargs = dict(
-        output_dir=str(output_dir),
-        max_steps=max_steps,
-        per_device_train_batch_size=batch_size,
+    kwargs = _run_kwargs(output_dir, ctx, max_steps, batch_size, learning_rate, warmup_ratio, lr_scheduler_type)
+    kwargs.update(
         per_device_eval_batch_size=max(batch_size, 16),
         gradient_accumulation_steps=grad_accum,
-        learning_rate=learning_rate,
-        warmup_steps=warmup_steps,
         weight_decay=weight_decay,
-        lr_scheduler_type=lr_scheduler_type,
         logging_steps=logging_steps,
         eval_strategy="steps" if eval_steps else "no",
         eval_steps=eval_steps,
+        activation_checkpointing=gradient_checkpointing,  # transformers 5's name for gradient checkpointing
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+    )
+    kwargs.update(overrides)
+    return TrainingArguments(**kwargs)
+
+
+def _run_kwargs(output_dir, ctx, max_steps, batch_size, learning_rate, warmup_ratio=0.05, lr_scheduler_type="cosine"):
+    """The arguments :func:`training_arguments` and :func:`trl_config` share: schedule, seeds, device and
+    precision, no checkpoints, no tracking service, no progress bar (the numbers are read from trainer.state)."""
+    return dict(
+        output_dir=str(output_dir),
+        max_steps=max_steps,
+        per_device_train_batch_size=batch_size,
+        learning_rate=learning_rate,
+        warmup_steps=max(0, round(warmup_ratio * max_steps)),
+        lr_scheduler_type=lr_scheduler_type,
         save_strategy="no",
         report_to="none",
         seed=ctx.seed,
         data_seed=ctx.seed,
         use_cpu=torch.device(ctx.device).type == "cpu",
-        activation_checkpointing=gradient_checkpointing,  # transformers 5's name for gradient checkpointing
-        remove_unused_columns=False,
-        dataloader_num_workers=0,
-        disable_tqdm=True,  # lean notebook output: the run's numbers are read from trainer.state
+        disable_tqdm=True,
         **mixed_precision_flags(ctx.device),
     )
-    kwargs.update(overrides)
-    return TrainingArguments(**kwargs)
 
 
 def _counting_trainer_class(base=None):
@@ -439,26 +446,14 @@ def trl_config(output_dir, ctx, *, max_steps: int, batch_size: int, learning_rat
     unless fp16 is set) follow the hardware, loss on the completion only. Chapter 4c."""
     from trl import SFTConfig
 
-    kwargs = dict(
-        output_dir=str(output_dir),
-        max_steps=max_steps,
-        per_device_train_batch_size=batch_size,
+    kwargs = _run_kwargs(output_dir, ctx, max_steps, batch_size, learning_rate)
+    kwargs.update(
         per_device_eval_batch_size=max(batch_size, 8),
-        learning_rate=learning_rate,
-        warmup_steps=max(0, round(0.05 * max_steps)),
-        lr_scheduler_type="cosine",
         max_length=max_length,
         completion_only_loss=True,
         packing=False,
         gradient_checkpointing=False,
         logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        seed=ctx.seed,
-        data_seed=ctx.seed,
-        use_cpu=torch.device(ctx.device).type == "cpu",
-        disable_tqdm=True,
-        **mixed_precision_flags(ctx.device),
     )
     kwargs.update(overrides)
     return SFTConfig(**kwargs)

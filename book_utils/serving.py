@@ -72,6 +72,7 @@ def create_app(model, tokenizer, *, max_prompt_tokens: int | None = None, timeou
     from book_utils.decoding import DecodingConfig, generate, stop_token_ids
 
     context = model.config.max_position_embeddings
+    stops = stop_token_ids(tokenizer)  # a reply ends at <|im_end|> (chat models) or eos
     if max_prompt_tokens is None:
         max_prompt_tokens = max(1, context - MAX_NEW_TOKENS)
     lock = threading.Lock()
@@ -111,7 +112,7 @@ def create_app(model, tokenizer, *, max_prompt_tokens: int | None = None, timeou
         try:
             torch.manual_seed(req.seed)
             out = generate(
-                model, torch.tensor([ids]), new, cfg, eos_token_id=stop_token_ids(tokenizer),
+                model, torch.tensor([ids]), new, cfg, eos_token_id=stops,
                 deadline=time.perf_counter() + timeout_s,
             )
         except TimeoutError:

@@ -147,14 +147,10 @@ def _fmt(value) -> str:
 # --- helpers ------------------------------------------------------------------------------------------------
 
 
-def sync() -> None:
-    from book_utils.decoding import synchronize
-
-    synchronize()
-
-
 def timed(fn):
     """``(result, seconds)`` of ``fn()`` with the GPU synchronised before and after (wall clock)."""
+    from book_utils.decoding import synchronize as sync
+
     sync()
     began = time.perf_counter()
     result = fn()
@@ -383,26 +379,25 @@ def held_out_prompts(tokenizer, n_prompts: int = 48, prompt_len: int = 16, new_l
 
 
 def kv_rows(rep: Report, check: str, model, prompt_ids, n_new: int, label: str, cpu=("", ""), repeats: int = 1) -> None:
-    """KV-cache speedup of ``n_new`` greedy tokens (median of ``repeats``): as ``time_generation`` measures it
-    (no synchronisation) and with the GPU synchronised around each call."""
+    """KV-cache speedup of ``n_new`` greedy tokens (median of ``repeats``), as ``decoding.time_generation``
+    measures it (the GPU synchronised around each call)."""
     import statistics
 
     import torch
 
     from book_utils import decoding as dec
 
-    runs = {"time_generation": ([], []), "synchronised": ([], [])}
+    runs = ([], [])
     with torch.inference_mode():
         dec.generate(model, prompt_ids, 4)  # warm-up (kernels, allocator)
         for _ in range(repeats):
             for i, use_cache in enumerate((True, False)):
-                runs["time_generation"][i].append(dec.time_generation(model, prompt_ids, n_new, use_cache=use_cache))
-                runs["synchronised"][i].append(timed(lambda: dec.generate(model, prompt_ids, n_new, use_cache=use_cache))[1])
-    (t_cache, t_full), (s_cache, s_full) = ([statistics.median(v) for v in runs[k]] for k in ("time_generation", "synchronised"))
+                runs[i].append(dec.time_generation(model, prompt_ids, n_new, use_cache=use_cache))
+    t_cache, t_full = (statistics.median(v) for v in runs)
     rep.add(check, "INFO", f"{label}: {n_new} tokens with/without cache, s",
             f"{t_cache:.2f} / {t_full:.2f}", f"{cpu[0]} / {cpu[1]}" if cpu[0] else "",
-            f"speedup {t_full / t_cache:.2f}x (time_generation, median of {repeats}); synchronised: {s_cache:.2f} / {s_full:.2f} s = {s_full / s_cache:.2f}x")
-    rep.data.setdefault("kv", {})[f"{label} {n_new}"] = runs
+            f"speedup {t_full / t_cache:.2f}x (median of {repeats})")
+    rep.data.setdefault("kv", {})[f"{label} {n_new}"] = {"with cache": runs[0], "without": runs[1]}
 
 
 STRATEGIES = {
@@ -498,7 +493,7 @@ def check_decoding(ctx, rep: Report, args, work: Path) -> None:
             for n in (16, 64, 128):
                 a, b = (dec.step_latency(base, n, use_cache=c) for c in (True, False))
                 rep.add("decoding", "INFO", f"base model: ms per new token at context {n} (with/without cache)", f"{1000 * a:.2f} / {1000 * b:.2f}",
-                        "", "step_latency (no synchronisation: launch time when the GPU keeps up)")
+                        "", "step_latency (GPU synchronised)")
     del base
 
 
@@ -550,7 +545,6 @@ def check_smollm2(ctx, rep: Report, args, work: Path) -> None:
                          for i in range(64)]
         with torch.inference_mode():
             for b in ((1, 2) if args.tiny else (1, 8, 64)):
-                sync()
                 r = dec.batch_throughput(big, tok, batch_prompts[: max(b, 8)], b, 8 if args.tiny else 32)
                 rep.add("smollm2", "INFO", f"batch {b}: new tokens/s, s per batch", f"{r['tokens_per_s']:,.0f}, {r['latency_s']:.2f}")
     data = sft_data.load_or_build_sft_dataset(ctx)
