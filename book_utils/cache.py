@@ -57,9 +57,27 @@ def atomic_write_text(path: Path | str, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def _previous(path: Path) -> Path:
+    """Where :func:`atomic_dir` parks the old version of ``path`` while the new one moves in."""
+    return path.with_name(f".{path.name}.previous")
+
+
+def _recover(path: Path) -> None:
+    """Undo a replace that was killed between its two renames: the old, complete version comes back."""
+    previous = _previous(path)
+    if not path.exists() and (previous / COMPLETE_MARKER).is_file():
+        os.replace(previous, path)
+
+
 @contextmanager
 def atomic_dir(path: Path | str):
     """Build a folder in a temporary sibling and move it into place only if the block succeeds.
+
+    The replace never destroys the old version before the new one is in place: (1) the old folder is
+    renamed aside to ``.<name>.previous``, (2) the new one is renamed to ``path``, (3) only then is the old
+    one deleted. A process killed between (1) and (2) leaves ``path`` missing and the old, complete folder
+    aside; :func:`is_complete` (which every loader calls first) moves it back. So at every instant a
+    complete version is on disk, either the old or the new.
 
     >>> with atomic_dir(some_path) as tmp:  # doctest: +SKIP
     ...     model.save_pretrained(tmp)
@@ -70,17 +88,25 @@ def atomic_dir(path: Path | str):
     try:
         yield tmp
         (tmp / COMPLETE_MARKER).touch()
+        _recover(path)
+        previous = _previous(path)
+        if previous.exists():  # left over from an earlier replace that was killed after its step (2)
+            shutil.rmtree(previous)
         if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
+            os.replace(path, previous)  # (1) the old version steps aside, still complete
+        os.replace(tmp, path)  # (2) the new version takes its place
+        shutil.rmtree(previous, ignore_errors=True)  # (3) only now is the old version deleted
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
 def is_complete(path: Path | str) -> bool:
-    """True when ``path`` is an artifact folder that :func:`atomic_dir` finished writing."""
-    return (Path(path) / COMPLETE_MARKER).is_file()
+    """True when ``path`` is an artifact folder that :func:`atomic_dir` finished writing (after undoing
+    a replace that was killed halfway, see :func:`atomic_dir`)."""
+    path = Path(path)
+    _recover(path)
+    return (path / COMPLETE_MARKER).is_file()
 
 
 def load_or_build(path: Path | str, build: Callable[[Path], None], load: Callable[[Path], T]) -> T:

@@ -665,7 +665,8 @@ def closed_records(split, tasks: Iterable[str] | None = None, limit_per_task: in
     """The closed-task records of a split (``answer`` not None), optionally only ``tasks`` and at most
     ``limit_per_task`` per task (a seeded sample), as a list of dicts in a stable order."""
     rows = split.to_list() if hasattr(split, "to_list") else list(split)
-    rows = [r for r in rows if r.get("answer") is not None and (tasks is None or r["task"] in set(tasks))]
+    wanted = None if tasks is None else set(tasks)  # once: ``tasks`` may be a one-pass iterator
+    rows = [r for r in rows if r.get("answer") is not None and (wanted is None or r["task"] in wanted)]
     if limit_per_task is None:
         return rows
     rng = np.random.default_rng(seed)

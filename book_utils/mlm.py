@@ -34,12 +34,15 @@ __all__ = [
     "compare_rates",
     "mlm_loss",
     "masked_lm_forward",
+    "with_bert_specials",
     "encode_blocks",
     "fixed_masked_batches",
     "CASES",
     "evaluate_mlm",
+    "masked_accuracy",
     "unigram_log_probs",
     "unigram_cross_entropy",
+    "unigram_accuracy",
     "TrainHistory",
     "train_mlm",
     "mask_probabilities",
@@ -257,24 +260,53 @@ def mlm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGN
 def masked_lm_forward(
     model, input_ids: torch.Tensor, labels: torch.Tensor, attention_mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Loss and logits of a ``BertForMaskedLM`` computed **only at the labelled positions**.
+    """Loss and logits of a BERT-style masked LM computed **only at the labelled positions**.
 
     ``model(input_ids, labels=labels)`` projects every position onto the whole vocabulary (B·T·V logits) and
     then ignores the ~85 % without a label; here the encoder runs on everything but the output head only
-    on the ~15 % that count, which is the same loss for about a sixth of the output-layer cost.
+    on the ~15 % that count, which is the same loss for about 15 % of the output-layer cost.
     Returns ``(loss, logits)`` with ``logits`` of shape ``(n_labelled, V)``. Taught in chapter 3.
     """
-    if not (hasattr(model, "bert") and hasattr(model, "cls")):
-        raise TypeError(f"expected a BertForMaskedLM (with .bert and .cls), got {type(model).__name__}")
-    hidden = model.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    head = getattr(model, "cls", None)  # BERT's MLM head
+    head = getattr(model, "lm_head", None) if head is None else head  # RoBERTa's
+    if head is None and hasattr(model, "head") and hasattr(model, "decoder"):  # ModernBERT's
+        head = torch.nn.Sequential(model.head, model.decoder)
+    if head is None or not hasattr(model, "base_model") or model.base_model is model:
+        raise TypeError(f"expected a BERT-, RoBERTa- or ModernBERT-style *ForMaskedLM (an encoder and its head), "
+                        f"got {type(model).__name__}")
+    hidden = model.base_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
     chosen = labels != IGNORE_INDEX
     if not bool(chosen.any()):
         raise ValueError("no labelled position in this batch: nothing to predict")
-    logits = model.cls(hidden[chosen])
+    logits = head(hidden[chosen])
     return mlm_loss(logits, labels[chosen]), logits
 
 
 # --- data ---------------------------------------------------------------------------------------------
+
+
+def with_bert_specials(tokenizer):
+    """Give a byte-level BPE tokenizer (the book's, chapter 3) BERT's ``[CLS]``, ``[SEP]`` and ``[MASK]``.
+
+    The three tokens are appended to the vocabulary (ids ``len(tokenizer)`` onwards), ``tokenizer(text)``
+    then wraps every text as ``[CLS] … [SEP]`` like BERT's tokenizer, and ``[MASK]`` absorbs the space in
+    front of it (``lstrip``, as RoBERTa's ``<mask>``): in training a mask replaces a whole token such as
+    ``Ġlove``, space included, so ``"food of [MASK],"`` must not leave a lone ``Ġ`` before it. Modifies
+    and returns ``tokenizer``. Taught in chapter 3.
+    """
+    from tokenizers import AddedToken
+    from tokenizers.processors import TemplateProcessing
+
+    if tokenizer.mask_token is not None or tokenizer.cls_token is not None:
+        raise ValueError(f"{type(tokenizer).__name__} already has BERT special tokens")
+    tokenizer.add_special_tokens(
+        {"cls_token": "[CLS]", "sep_token": "[SEP]", "mask_token": AddedToken("[MASK]", lstrip=True)}
+    )
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B [SEP]", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    return tokenizer
 
 
 def encode_blocks(text: str, tokenizer, block_size: int, max_blocks: int | None = None) -> torch.Tensor:
@@ -293,7 +325,8 @@ def encode_blocks(text: str, tokenizer, block_size: int, max_blocks: int | None 
     if tokenizer.cls_token_id is None or tokenizer.sep_token_id is None:
         raise ValueError(f"{type(tokenizer).__name__} has no [CLS]/[SEP] tokens: use a BERT-style tokenizer")
     body = block_size - 2
-    lines = [line for line in text.splitlines() if line.strip()]
+    # each line keeps its line break: a byte-level BPE tokenizer has a token for it (WordPiece drops it)
+    lines = [line + "\n" for line in text.splitlines() if line.strip()]
     stream: list[int] = []
     for start in range(0, len(lines), 2000):
         for ids in tokenizer(lines[start : start + 2000], add_special_tokens=False)["input_ids"]:
@@ -371,6 +404,39 @@ def evaluate_mlm(model, batches: list[dict], by_case: bool = False) -> float | d
         raise ValueError("no masked target in any batch")
     means = {name: total / n for name, (total, n) in sums.items() if n}
     return means if by_case else means["all"]
+
+
+@torch.no_grad()
+def masked_accuracy(model, batches: list[dict]) -> dict[str, float]:
+    """Top-1 accuracy of ``model`` on the masked targets of ``batches`` (from :func:`fixed_masked_batches`),
+    over ``all`` targets and by case (``[MASK]``, ``random``, ``kept``): the share whose most probable token
+    is the original one. Taught in chapter 3."""
+    if not batches or "case" not in batches[0]:
+        raise ValueError("masked_accuracy needs batches with a 'case' entry: build them with fixed_masked_batches")
+    was_training = model.training
+    model.eval()
+    sums: dict[str, list[float]] = {}
+    for batch in batches:
+        chosen = batch["labels"] != IGNORE_INDEX
+        if bool(chosen.any()):
+            _, logits = masked_lm_forward(model, batch["input_ids"], batch["labels"])
+            hits = (logits.argmax(-1) == batch["labels"][chosen]).double()
+            _split_by_case(hits, batch["case"][chosen], sums)
+    model.train(was_training)
+    return {name: total / n for name, (total, n) in sums.items() if n}
+
+
+def unigram_accuracy(train_blocks: torch.Tensor, batches: list[dict], vocab_size: int) -> dict[str, float]:
+    """Top-1 accuracy of the context-free unigram model on the masked targets, by case like
+    :func:`masked_accuracy`: it always answers the most frequent training token. Taught in chapter 3."""
+    if not batches or "case" not in batches[0]:
+        raise ValueError("unigram_accuracy needs batches with a 'case' entry: build them with fixed_masked_batches")
+    guess = int(unigram_log_probs(train_blocks, vocab_size).argmax())
+    sums: dict[str, list[float]] = {}
+    for b in batches:
+        chosen = b["labels"] != IGNORE_INDEX
+        _split_by_case((b["labels"][chosen] == guess).double(), b["case"][chosen], sums)
+    return {name: total / n for name, (total, n) in sums.items() if n}
 
 
 def unigram_log_probs(train_blocks: torch.Tensor, vocab_size: int) -> torch.Tensor:

@@ -204,9 +204,9 @@ PRESETS: dict[str, dict[str, dict]] = {
         "ci": {"model": dict(n_layer=2, n_head=2, n_embd=64, block_size=64),
                "train": dict(max_steps=40, batch_size=8, lr=2e-3, min_lr=2e-4, warmup_steps=5,
                              eval_every=20, eval_blocks=8, checkpoint_every=20)},
-        "full": {"model": dict(n_layer=4, n_head=4, n_embd=128, block_size=128),
-                 "train": dict(max_steps=2000, batch_size=8, lr=3e-3, min_lr=3e-4, warmup_steps=100,
-                               eval_every=250, eval_blocks=64, checkpoint_every=250)},
+        "full": {"model": dict(n_layer=4, n_head=4, n_embd=128, block_size=256),
+                 "train": dict(max_steps=1000, batch_size=16, lr=3e-3, min_lr=3e-4, warmup_steps=100,
+                               eval_every=125, eval_blocks=64, checkpoint_every=125)},
     },
     "nanogpt-char": {
         "ci": {"model": dict(n_layer=4, n_head=4, n_embd=128, block_size=64),
@@ -619,15 +619,6 @@ def _block_loss(model, blocks: torch.Tensor, batch_size: int, rank: int = 0, wor
     return total, count
 
 
-def evaluate_loss(model, blocks: torch.Tensor, batch_size: int = 16) -> float:
-    """Mean next-token loss (nats) over ``blocks`` (a tensor of token blocks), in eval mode."""
-    was_training = model.training
-    model.eval()
-    total, count = _block_loss(model, blocks, batch_size)
-    model.train(was_training)
-    return total / count
-
-
 @torch.no_grad()
 def generate(
     model,
@@ -725,7 +716,9 @@ def train(
     logged losses are all-reduced, and only rank 0 logs and writes checkpoints. ``on_step(step, history)``
     is called after each step (tests use it to interrupt a run). ``stop_after`` ends the loop after that
     many steps of the schedule (no final evaluation or checkpoint): chapter 3 replays the start of a run.
-    ``dtype`` bfloat16/float16 turns on autocast (mixed precision) on GPUs.
+    ``dtype`` bfloat16/float16 turns on autocast (mixed precision) on GPUs; float16 also scales the loss
+    (``torch.amp.GradScaler``: fp16 gradients underflow without it; a step whose gradients overflow is
+    skipped). The scaler's state is not checkpointed: a resumed fp16 run restarts from its initial scale.
     """
     from tqdm.auto import tqdm
 
@@ -753,6 +746,7 @@ def train(
 
         net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     autocast = torch.autocast(device.type, dtype=dtype, enabled=dtype in (torch.bfloat16, torch.float16))
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     def evaluate(step: int) -> None:
         began = time.perf_counter()
@@ -786,10 +780,12 @@ def train(
         x = blocks[idx].to(device)
         with autocast:
             loss = net(input_ids=x, labels=x, use_cache=False).loss
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         lr = optimizer.param_groups[0]["lr"]
-        optimizer.step()
+        scaler.step(optimizer)  # with scaling off (fp32, bf16): optimizer.step()
+        scaler.update()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         loss_value = loss.item()

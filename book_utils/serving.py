@@ -59,8 +59,9 @@ def _error_message(errors) -> str:
 def create_app(model, tokenizer, *, max_prompt_tokens: int | None = None, timeout_s: float = 10.0, queue_timeout_s: float = 30.0):
     """A FastAPI app serving ``model`` (already loaded, in eval mode) with ``tokenizer``.
 
-    ``max_prompt_tokens`` defaults to the model's context minus :data:`MAX_NEW_TOKENS` (at least 1 token left
-    for the prompt); a longer prompt gets 413. A generation that runs past ``timeout_s`` seconds gets 504; a
+    ``max_prompt_tokens`` defaults to the model's context minus the room a reply needs, at most
+    :data:`MAX_NEW_TOKENS` and at most half the context (a 128-token model takes 64-token prompts); a longer
+    prompt, or one that leaves no room for a single new token, gets 413. A generation that runs past ``timeout_s`` seconds gets 504; a
     request that waits more than ``queue_timeout_s`` for the model gets 503. Bad JSON and invalid fields get
     422 with ``{"detail": "<field>: <what is wrong>"}``.
     """
@@ -74,7 +75,7 @@ def create_app(model, tokenizer, *, max_prompt_tokens: int | None = None, timeou
     context = model.config.max_position_embeddings
     stops = stop_token_ids(tokenizer)  # a reply ends at <|im_end|> (chat models) or eos
     if max_prompt_tokens is None:
-        max_prompt_tokens = max(1, context - MAX_NEW_TOKENS)
+        max_prompt_tokens = context - min(MAX_NEW_TOKENS, context // 2)
     lock = threading.Lock()
     app = FastAPI(title="book LLM service")
     app.state.stats = {"requests": 0, "generated_tokens": 0}
@@ -103,6 +104,9 @@ def create_app(model, tokenizer, *, max_prompt_tokens: int | None = None, timeou
         if len(ids) > max_prompt_tokens:
             raise HTTPException(413, f"prompt: {len(ids)} tokens, more than this server's limit of {max_prompt_tokens}")
         new = min(req.max_new_tokens, context - len(ids))
+        if new < 1:
+            raise HTTPException(413, f"prompt: {len(ids)} tokens fill the model's context of {context} tokens; "
+                                     "no room is left for a reply")
         cfg = DecodingConfig(
             do_sample=req.do_sample, temperature=req.temperature, top_k=req.top_k, top_p=req.top_p,
             repetition_penalty=req.repetition_penalty,

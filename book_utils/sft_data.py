@@ -254,19 +254,24 @@ def validate_records(records: Sequence, max_report: int = 10) -> int:
 
 def read_jsonl(path: Path | str) -> list[dict]:
     """Read a JSONL file strictly: raises :class:`SFTValidationError` listing every line that is not valid
-    UTF-8 or not a JSON object (record index = line number - 1)."""
+    UTF-8 or not a JSON object, by line number (``"line 7: not valid JSON ..."``). What the usual writers add
+    is accepted: a UTF-8 byte-order mark at the start, and blank lines (skipped)."""
     raw = Path(path).read_bytes()
+    if raw.startswith(b"\xef\xbb\xbf"):  # the BOM some editors (and Excel) put in front of UTF-8
+        raw = raw[3:]
     records, problems = [], []
-    for index, line in enumerate(raw.splitlines()):
+    for number, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
         try:
             text = line.decode("utf-8")
         except UnicodeDecodeError as error:
-            problems.append((index, f"record {index}: not valid UTF-8 ({error.reason} at byte {error.start})"))
+            problems.append((number, f"line {number}: not valid UTF-8 ({error.reason} at byte {error.start})"))
             continue
         try:
             records.append(json.loads(text))
         except json.JSONDecodeError as error:
-            problems.append((index, f"record {index}: not valid JSON ({error.msg} at column {error.colno})"))
+            problems.append((number, f"line {number}: not valid JSON ({error.msg} at column {error.colno})"))
     if problems:
         shown = "; ".join(p for _, p in problems[:10])
         raise SFTValidationError(f"{len(problems)} unreadable lines in {path}; first: {shown}", problems)

@@ -53,12 +53,12 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get
 
 CHECKS = ("pretrain", "sft", "decoding", "compression", "serving", "smollm2", "benchmark")
 
-#: CPU figures the committed notebooks print (full profile, the book's shared 2-core CPU), for the table's
+#: CPU figures the committed notebooks print (full profile, a 2-core CPU), for the table's
 #: CPU column where the cache holds no record of its own. Update them when the notebooks are refreshed.
 BOOK_CPU = {
-    "pretrain_test_bpc": 2.1861,  # 3.2, cell "validation: ... test: ..."
-    "anchor_seconds": 3.1 * 60,  # 3.2, nanoGPT anchor: 2000 iterations in 3.1 min
-    "anchor_tokens_per_s": 8366,
+    "pretrain_test_bpc": 2.0998,  # 3.2, cell "validation: ... test: ..."
+    "anchor_seconds": 1.7 * 60,  # 3.2, nanoGPT anchor: 2000 iterations in 1.7 min (2 threads)
+    "anchor_tokens_per_s": 14797,
     "anchor_val_loss": 1.703,
     "sft_seconds": 119.0,  # 4c, "400 steps in 119 s" (with 5 evaluations of the validation split)
     "sft_tokens_per_s": 4947,

@@ -40,7 +40,7 @@ def test_stratified_splits_keep_balance_and_are_disjoint():
         C.stratified_splits(frame, validation=0.6, test=0.5)
 
 
-def test_baselines_and_helpers():
+def test_baselines_and_helpers(tmp_path):
     texts = ["good nice", "bad awful", "nice great", "awful terrible"] * 5
     labels = [1, 0, 1, 0] * 5
     model = C.tfidf_logreg(texts, labels)
@@ -48,7 +48,7 @@ def test_baselines_and_helpers():
     assert (C.majority_class([1, 1, 0], 4) == 1).all()
     assert C.steps_for(50, batch_size=16, min_steps=40) == 10.0
     with pytest.raises(ValueError, match="learning_rate"):
-        C.training_arguments("/tmp/x", learning_rate=3)
+        C.training_arguments(tmp_path / "run", learning_rate=3)
 
 
 def test_minilm_classifier_loss_is_cross_entropy_and_scratch_differs():

@@ -91,8 +91,17 @@ def test_pruning(tiny, blocks):
     assert comp.weight_sparsity(tiny) == 0.0
     with pytest.raises(ValueError, match="sparsity"):
         comp.magnitude_prune(tiny, 1.0)
+    zeroed, kept = [], []  # one global threshold: every zeroed weight is smaller than every kept one
+    for (name, before), after in zip(tiny.named_parameters(), pruned.parameters()):
+        if "layers." in name and before.dim() == 2:
+            zeroed.append(before[after == 0].abs())
+            kept.append(before[after != 0].abs())
+            torch.testing.assert_close(after[after != 0], before[after != 0])
+        else:  # embeddings, norms and the head are left alone
+            torch.testing.assert_close(after, before)
+    assert torch.cat(zeroed).max() <= torch.cat(kept).min()
     timing = comp.sparse_matmul_latency(32, 32, 4, 0.9, repeats=1)
-    assert set(timing) == {"dense", "sparse_csr"}
+    assert all(0 < seconds < 10 for seconds in timing.values())
 
 
 def test_onnx_parity(tiny, tmp_path):

@@ -83,9 +83,13 @@ def test_toy_cache_equals_full_attention():
     assert cache[0].shape == (2, 6, 8)
 
 
-def test_kv_cache_bytes(tiny):
-    # 2 · layers 2 · batch 1 · kv_heads 1 · 10 positions · head_dim 8 · 4 bytes
-    assert dec.kv_cache_bytes(tiny.config, 10) == 2 * 2 * 1 * 1 * 10 * 8 * 4
+def test_kv_cache_bytes_equals_the_cache_transformers_builds(tiny):
+    with torch.no_grad():
+        cache = tiny(input_ids=torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]), use_cache=True).past_key_values
+    tensors = [t for layer in cache.layers for t in (layer.keys, layer.values)]
+    measured = sum(t.numel() * t.element_size() for t in tensors)
+    assert dec.kv_cache_bytes(tiny.config, 10) == measured
+    assert dec.kv_cache_bytes(tiny.config, 10, batch_size=3) == 3 * measured
 
 
 def test_deadline(tiny):

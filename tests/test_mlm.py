@@ -150,7 +150,7 @@ def test_masked_only_forward_equals_the_models_own_loss(tokenizer, tiny_model):
         reference = tiny_model(input_ids=inputs, labels=labels).loss
     assert logits.shape == (int((labels != -100).sum()), len(tokenizer))
     assert_close(ours, reference)
-    with pytest.raises(TypeError, match="BertForMaskedLM"):
+    with pytest.raises(TypeError, match="ForMaskedLM"):
         mlm.masked_lm_forward(tiny_model.bert, inputs, labels)
 
 
@@ -223,3 +223,90 @@ def test_fill_mask_matches_the_pipeline_and_reads_only_mask_positions(tokenizer,
         mlm.fill_mask_table(tiny_model, tokenizer, [(texts[0], "surfeiting")])
     words = mlm.tied_embedding_fill(tiny_model.bert, tokenizer, texts, k=3)
     assert len(words) == 2 and len(words[0]) == 3
+
+
+@pytest.fixture(scope="module")
+def bpe_for_mlm():
+    """A small byte-level BPE tokenizer (chapter 3's kind) given BERT's special tokens."""
+    from book_utils.tokenization import train_bpe_tokenizer
+
+    text = load_shakespeare()["sonnets"][:60_000]
+    return mlm.with_bert_specials(train_bpe_tokenizer(text.splitlines(), 400))
+
+
+def test_bpe_gets_bert_specials_and_mask_absorbs_its_space(bpe_for_mlm):
+    tok = bpe_for_mlm
+    n = len(tok)
+    assert {tok.cls_token_id, tok.sep_token_id, tok.mask_token_id} == {n - 3, n - 2, n - 1}
+    ids = tok("the food of [MASK], play on")["input_ids"]
+    assert ids[0] == tok.cls_token_id and ids[-1] == tok.sep_token_id
+    pieces = tok.convert_ids_to_tokens(ids)
+    at = pieces.index("[MASK]")
+    assert pieces[at - 1] != "Ġ" and pieces[at - 1].endswith("of")  # no lone space before the mask
+    plain = tok(" love", add_special_tokens=False)["input_ids"]
+    assert tok.decode(plain) == " love"  # a masked word carries its leading space
+    with pytest.raises(ValueError, match="already"):
+        mlm.with_bert_specials(tok)
+
+
+def test_encode_blocks_keeps_line_breaks_for_bpe(bpe_for_mlm):
+    tok = bpe_for_mlm
+    blocks = mlm.encode_blocks("Shall I compare thee\nto a summer's day?\n" * 20, tok, block_size=16)
+    newline = tok("\n", add_special_tokens=False)["input_ids"]
+    assert len(newline) == 1 and (blocks == newline[0]).any()
+    assert (blocks[:, 0] == tok.cls_token_id).all() and (blocks[:, -1] == tok.sep_token_id).all()
+
+
+def test_masked_accuracy_and_unigram_accuracy(bpe_for_mlm):
+    from transformers import RobertaPreLayerNormConfig, RobertaPreLayerNormForMaskedLM
+
+    tok = bpe_for_mlm
+    text = load_shakespeare()["sonnets"]
+    blocks = mlm.encode_blocks(text[:30_000], tok, block_size=32)
+    val = mlm.fixed_masked_batches(blocks[:32], tok, batch_size=16, seed=3)
+    torch.manual_seed(0)
+    config = RobertaPreLayerNormConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=32 + tok.pad_token_id + 1, pad_token_id=tok.pad_token_id,
+    )
+    model = RobertaPreLayerNormForMaskedLM(config).eval()
+    b = val[0]
+    with torch.no_grad():  # the RoBERTa head (.lm_head) works like BERT's (.cls)
+        ours, _ = mlm.masked_lm_forward(model, b["input_ids"], b["labels"])
+        assert_close(ours, model(input_ids=b["input_ids"], labels=b["labels"]).loss)
+    acc = mlm.masked_accuracy(model, val)
+    assert set(acc) == {"all", *mlm.CASES} and all(0.0 <= v <= 1.0 for v in acc.values())
+    by_hand = []
+    for batch in val:  # argmax of the full logits at the labelled positions
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"]).logits
+        chosen = batch["labels"] != -100
+        by_hand.append(logits[chosen].argmax(-1) == batch["labels"][chosen])
+    assert math.isclose(acc["all"], torch.cat(by_hand).double().mean().item(), rel_tol=1e-9)
+    uni = mlm.unigram_accuracy(blocks, val, len(tok))
+    most = torch.bincount(blocks.flatten(), minlength=len(tok)).argmax()
+    labels = torch.cat([v["labels"][v["labels"] != -100] for v in val])
+    assert math.isclose(uni["all"], (labels == most).double().mean().item(), rel_tol=1e-9)
+    with pytest.raises(ValueError, match="case"):
+        mlm.masked_accuracy(model, [{"input_ids": b["input_ids"], "labels": b["labels"]}])
+
+
+def test_masked_only_forward_works_for_modernbert(bpe_for_mlm):
+    from transformers import ModernBertConfig, ModernBertForMaskedLM
+
+    tok = bpe_for_mlm
+    blocks = mlm.encode_blocks(load_shakespeare()["sonnets"][:20_000], tok, block_size=32, max_blocks=8)
+    inputs, labels = mlm.mask_with_tokenizer(tok, blocks, generator=torch.Generator().manual_seed(1))
+    torch.manual_seed(0)
+    config = ModernBertConfig(
+        vocab_size=len(tok), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+        max_position_embeddings=32, pad_token_id=tok.pad_token_id, cls_token_id=tok.cls_token_id,
+        sep_token_id=tok.sep_token_id, bos_token_id=tok.cls_token_id, eos_token_id=tok.sep_token_id,
+    )
+    model = ModernBertForMaskedLM(config).eval()
+    with torch.no_grad():
+        ours, logits = mlm.masked_lm_forward(model, inputs, labels)
+        assert_close(ours, model(input_ids=inputs, labels=labels).loss)
+    assert logits.shape == (int((labels != -100).sum()), len(tok))
+    top = mlm.fill_mask(model, tok, ["the food of [MASK], play on"], k=3)
+    assert len(top) == 1 and len(top[0][0]) == 3  # the tokenizer's output feeds the model as is

@@ -344,7 +344,15 @@ def test_char_tokenizer_round_trips_and_maps_unknowns():
         pt.char_tokenizer("")
 
 
-def test_command_line_help_mentions_torchrun(capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        pt.main(["--help"])
-    assert exit_info.value.code == 0 and "torchrun" in capsys.readouterr().out
+def test_float16_training_scales_the_loss_and_clips_true_gradients(tokenizer):
+    """fp16 autocast needs a GradScaler; the clipped and logged gradient norm must be the unscaled one."""
+    data = pt.build_lm_datasets(splits(), tokenizer, 16)
+    model_cfg, train_cfg = tiny(tokenizer, max_steps=4, checkpoint_every=4, eval_every=4)
+    norms = {}
+    for dtype in (torch.float32, torch.float16):
+        model = pt.build_model(model_cfg, tokenizer, seed=0)
+        history = pt.train(model, data, train_cfg, dtype=dtype, progress=False, log=None)
+        norms[dtype] = history["grad_norm"]
+        assert all(math.isfinite(v) for v in history["train_loss"])
+    # the scaler multiplies the loss by 65,536; without unscaling, the norms would be that much larger
+    assert math.isclose(norms[torch.float16][0], norms[torch.float32][0], rel_tol=0.05)

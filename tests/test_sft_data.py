@@ -65,6 +65,19 @@ def test_a_good_record_is_valid():
          "record 3, field messages[0].role: 'robot' is not one of"),
         (bad(task="chat", answer="positive"), "record 3, field answer: must be null for open task 'chat'"),
         ("not a record", "record 3: must be a JSON object"),
+        (bad(source="web"), "record 3, field source: unknown source 'web'"),
+        (bad(id="x" * 201), "record 3, field id: too long (201 characters > 200)"),
+        (bad(extra="?"), "record 3, field extra: unknown field"),
+        (bad(messages=[{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}] * 8
+             + [{"role": "user", "content": "q"}, {"role": "assistant", "content": "positive"}]),
+         "record 3, field messages: too many messages (18 > 16)"),
+        (bad(messages=[{"role": "user", "content": "x" * 3000}, {"role": "assistant", "content": "y" * 3000},
+                       {"role": "user", "content": "x" * 3000}, {"role": "assistant", "content": "positive"}]),
+         "record 3, field messages: too long (9008 characters in all > 8000)"),
+        (bad(messages=[GOOD["messages"][1], {"role": "system", "content": "Be brief."}, GOOD["messages"][2]]),
+         "record 3, field messages[1].role: wrong role order, expected 'assistant' got 'system'"),
+        (bad(messages=[GOOD["messages"][1], {**GOOD["messages"][2], "name": "bot"}]),
+         "record 3, field messages[1]: unknown keys ['name'] (only role and content)"),
     ],
 )
 def test_each_malformed_record_is_named(record, expected):
@@ -93,7 +106,7 @@ def test_write_is_atomic_and_refuses_bad_records(tmp_path):
     sd.write_jsonl_atomic([GOOD], path)
     assert sd.validate_jsonl(path) == 1
     path.write_bytes(path.read_bytes() + b'{"id": "\xff"}\n{not json\n')
-    with pytest.raises(sd.SFTValidationError, match=r"2 unreadable lines.*record 1: not valid UTF-8.*record 2: not valid JSON"):
+    with pytest.raises(sd.SFTValidationError, match=r"2 unreadable lines.*line 2: not valid UTF-8.*line 3: not valid JSON"):
         sd.validate_jsonl(path)
 
 
@@ -241,3 +254,16 @@ def test_dataset_round_trip(tmp_path):
     assert json.loads((tmp_path / "report.json").read_text()) == report
     card = sd.dataset_card(loaded)
     assert card.loc["total", "train"] == len(records["train"])
+
+
+def test_jsonl_reader_accepts_a_bom_and_blank_lines_but_names_bad_lines(tmp_path):
+    path = tmp_path / "data.jsonl"
+    line = json.dumps(GOOD, ensure_ascii=False)
+    path.write_bytes(b"\xef\xbb\xbf" + line.encode() + b"\n\n  \r\n" + line.replace("sentiment-1", "s-2").encode() + b"\n")
+    records = sd.read_jsonl(path)  # what Windows editors and many writers produce
+    assert [r["id"] for r in records] == ["sentiment-1", "s-2"]
+    path.write_bytes(line.encode() + b"\n{broken\n" + b"\xff\n")
+    with pytest.raises(sd.SFTValidationError) as error:
+        sd.read_jsonl(path)
+    message = str(error.value)
+    assert "line 2: not valid JSON" in message and "line 3: not valid UTF-8" in message

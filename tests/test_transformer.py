@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.testing import assert_close
 
@@ -129,9 +130,17 @@ def test_copy_requires_norm_first():
         copy_from_torch_encoder_layer(TransformerBlock(TransformerConfig(d_model=8, n_head=2, d_ff=16)), layer)
 
 
-def test_feedforward_shape():
+def test_feedforward_is_its_formula_applied_per_position():
+    torch.manual_seed(0)
     ffn = FeedForward(8, 32)
-    assert ffn(torch.randn(2, 3, 8)).shape == (2, 3, 8)
+    x = torch.randn(2, 3, 8)
+    by_hand = F.gelu(x @ ffn.fc1.weight.T + ffn.fc1.bias) @ ffn.fc2.weight.T + ffn.fc2.bias
+    torch.testing.assert_close(ffn(x), by_hand)
+    changed = x.clone()
+    changed[:, 1] += 1.0  # one position changes: the others' outputs must not
+    out, out2 = ffn(x), ffn(changed)
+    torch.testing.assert_close(out2[:, [0, 2]], out[:, [0, 2]])
+    assert not torch.allclose(out2[:, 1], out[:, 1])
 
 
 def test_config_validation():
