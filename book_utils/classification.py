@@ -137,9 +137,12 @@ def load_classifier(name: str | None = None, *, num_labels: int = 2, pretrained:
 
 
 def training_arguments(output_dir, *, learning_rate: float = 5e-5, epochs: float = 3, batch_size: int = 16,
-                       warmup_ratio: float = 0.1, weight_decay: float = 0.01, eval_every: int | None = None,
+                       warmup_steps: float = 0.1, weight_decay: float = 0.01, eval_every: int | None = None,
                        seed: int = 0, use_cpu: bool | None = None, best_metric: str = "macro_f1"):
-    """``TrainingArguments`` for classification: AdamW + linear warmup (as a ratio) + linear decay, best by macro-F1.
+    """``TrainingArguments`` for classification: AdamW + linear warmup + linear decay, best by macro-F1.
+
+    ``warmup_steps`` uses transformers 5's spelling: a float in [0, 1) is a fraction of the training steps
+    (``warmup_ratio``, its old name, raises a TypeError in transformers 5), a whole number >= 1 is a count.
 
     Evaluates (and saves) every ``eval_every`` steps (default: once per epoch), keeps one checkpoint besides
     the best, restores the best at the end, logs nowhere (``report_to="none"``).
@@ -148,8 +151,9 @@ def training_arguments(output_dir, *, learning_rate: float = 5e-5, epochs: float
 
     if not 0 < learning_rate < 1:
         raise ValueError(f"learning_rate must be in (0, 1), got {learning_rate!r} (2e-5 to 5e-5 is typical)")
-    if not 0 <= warmup_ratio < 1:
-        raise ValueError(f"warmup_ratio is a fraction of the training steps in [0, 1), got {warmup_ratio!r}")
+    if isinstance(warmup_steps, bool) or not (0 <= warmup_steps < 1 or float(warmup_steps).is_integer()):
+        raise ValueError(f"warmup_steps is a fraction of the training steps in [0, 1) or a whole number of "
+                         f"steps, got {warmup_steps!r}")
     if epochs <= 0 or batch_size < 1:
         raise ValueError(f"epochs ({epochs}) and batch_size ({batch_size}) must be positive")
     steps = {"eval_strategy": "steps", "save_strategy": "steps", "eval_steps": eval_every, "save_steps": eval_every} \
@@ -157,7 +161,7 @@ def training_arguments(output_dir, *, learning_rate: float = 5e-5, epochs: float
     return TrainingArguments(
         output_dir=str(output_dir), learning_rate=learning_rate, num_train_epochs=epochs,
         per_device_train_batch_size=batch_size, per_device_eval_batch_size=64,
-        warmup_steps=warmup_ratio, lr_scheduler_type="linear", weight_decay=weight_decay,
+        warmup_steps=warmup_steps, lr_scheduler_type="linear", weight_decay=weight_decay,
         optim="adamw_torch", load_best_model_at_end=True, metric_for_best_model=best_metric,
         greater_is_better=True, save_total_limit=1, save_only_model=True, logging_strategy="no",
         report_to="none", seed=seed, data_seed=seed, train_sampling_strategy="group_by_length",

@@ -49,6 +49,10 @@ def test_baselines_and_helpers(tmp_path):
     assert C.steps_for(50, batch_size=16, min_steps=40) == 10.0
     with pytest.raises(ValueError, match="learning_rate"):
         C.training_arguments(tmp_path / "run", learning_rate=3)
+    assert C.training_arguments(tmp_path / "run", warmup_steps=0.1).get_warmup_steps(200) == 20  # a ratio
+    assert C.training_arguments(tmp_path / "run", warmup_steps=30).get_warmup_steps(200) == 30  # a count
+    with pytest.raises(ValueError, match="warmup_steps"):
+        C.training_arguments(tmp_path / "run", warmup_steps=1.5)
 
 
 def test_minilm_classifier_loss_is_cross_entropy_and_scratch_differs():
