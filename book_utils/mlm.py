@@ -368,6 +368,17 @@ def fixed_masked_batches(blocks: torch.Tensor, tokenizer, batch_size: int, seed:
     return batches
 
 
+def _require_cases(batches: list[dict], who: str) -> None:
+    """Refuse batches that do not record each target's case (see :func:`fixed_masked_batches`)."""
+    if not batches or "case" not in batches[0]:
+        raise ValueError(f"{who} needs batches with a 'case' entry: build them with fixed_masked_batches")
+
+
+def _case_means(sums: dict[str, list[float]]) -> dict[str, float]:
+    """``{case: mean}`` from the ``[total, count]`` sums of :func:`_split_by_case` (empty cases left out)."""
+    return {name: total / n for name, (total, n) in sums.items() if n}
+
+
 def _split_by_case(nll: torch.Tensor, case: torch.Tensor, sums: dict[str, list[float]]) -> None:
     for name, selected in [("all", case >= 0)] + [(n, case == i) for i, n in enumerate(CASES)]:
         sums.setdefault(name, [0.0, 0])
@@ -386,8 +397,8 @@ def evaluate_mlm(model, batches: list[dict], by_case: bool = False) -> float | d
     """
     if not batches:
         raise ValueError("no batches to evaluate")
-    if by_case and "case" not in batches[0]:
-        raise ValueError("by_case needs batches with a 'case' entry: build them with fixed_masked_batches")
+    if by_case:
+        _require_cases(batches, "by_case")
     was_training = model.training
     model.eval()
     sums: dict[str, list[float]] = {}
@@ -402,7 +413,7 @@ def evaluate_mlm(model, batches: list[dict], by_case: bool = False) -> float | d
     model.train(was_training)
     if not sums:
         raise ValueError("no masked target in any batch")
-    means = {name: total / n for name, (total, n) in sums.items() if n}
+    means = _case_means(sums)
     return means if by_case else means["all"]
 
 
@@ -411,8 +422,7 @@ def masked_accuracy(model, batches: list[dict]) -> dict[str, float]:
     """Top-1 accuracy of ``model`` on the masked targets of ``batches`` (from :func:`fixed_masked_batches`),
     over ``all`` targets and by case (``[MASK]``, ``random``, ``kept``): the share whose most probable token
     is the original one. Taught in chapter 3."""
-    if not batches or "case" not in batches[0]:
-        raise ValueError("masked_accuracy needs batches with a 'case' entry: build them with fixed_masked_batches")
+    _require_cases(batches, "masked_accuracy")
     was_training = model.training
     model.eval()
     sums: dict[str, list[float]] = {}
@@ -423,20 +433,19 @@ def masked_accuracy(model, batches: list[dict]) -> dict[str, float]:
             hits = (logits.argmax(-1) == batch["labels"][chosen]).double()
             _split_by_case(hits, batch["case"][chosen], sums)
     model.train(was_training)
-    return {name: total / n for name, (total, n) in sums.items() if n}
+    return _case_means(sums)
 
 
 def unigram_accuracy(train_blocks: torch.Tensor, batches: list[dict], vocab_size: int) -> dict[str, float]:
     """Top-1 accuracy of the context-free unigram model on the masked targets, by case like
     :func:`masked_accuracy`: it always answers the most frequent training token. Taught in chapter 3."""
-    if not batches or "case" not in batches[0]:
-        raise ValueError("unigram_accuracy needs batches with a 'case' entry: build them with fixed_masked_batches")
+    _require_cases(batches, "unigram_accuracy")
     guess = int(unigram_log_probs(train_blocks, vocab_size).argmax())
     sums: dict[str, list[float]] = {}
     for b in batches:
         chosen = b["labels"] != IGNORE_INDEX
         _split_by_case((b["labels"][chosen] == guess).double(), b["case"][chosen], sums)
-    return {name: total / n for name, (total, n) in sums.items() if n}
+    return _case_means(sums)
 
 
 def unigram_log_probs(train_blocks: torch.Tensor, vocab_size: int) -> torch.Tensor:
@@ -457,8 +466,8 @@ def unigram_cross_entropy(
     has learnt word frequencies, not context. ``by_case`` splits it like :func:`evaluate_mlm`.
     Taught in chapter 3.
     """
-    if by_case and (not batches or "case" not in batches[0]):
-        raise ValueError("by_case needs batches with a 'case' entry: build them with fixed_masked_batches")
+    if by_case:
+        _require_cases(batches, "by_case")
     log_p = unigram_log_probs(train_blocks, vocab_size)
     sums: dict[str, list[float]] = {}
     for b in batches:
@@ -467,7 +476,7 @@ def unigram_cross_entropy(
         _split_by_case(-log_p[b["labels"][chosen]], case, sums)
     if not sums or sums["all"][1] == 0:
         raise ValueError("no masked target in any batch")
-    means = {name: total / n for name, (total, n) in sums.items() if n}
+    means = _case_means(sums)
     return means if by_case else means["all"]
 
 
