@@ -1,7 +1,8 @@
 """Making a model smaller and faster, measured (taught in chapter 5, "Compression and serving").
 
-- quantization (量化): dynamic int8 on every ``nn.Linear`` (:func:`quantize_int8`) and half precision
-  (:func:`cast`), with the size of the saved weights (:func:`state_dict_bytes`), latency (:func:`median_latency`)
+- quantization (量化): dynamic int8 on every ``nn.Linear`` (:func:`quantize_int8`), half precision
+  (:func:`cast`), and simulated per-channel or group-wise integer weights (:func:`quantize_weights`,
+  :func:`fake_quantize`: the formats of GGUF files such as Q4_1), with the size of the saved weights (:func:`state_dict_bytes`), latency (:func:`median_latency`)
   and quality (:func:`evaluate_lm`: perplexity and next-token accuracy on held-out blocks);
 - knowledge distillation (知识蒸馏): :func:`distillation_loss` (KL between temperature-softened teacher and
   student distributions, Hinton et al. 2015) and :func:`train_lm` that trains a student with or without a teacher;
@@ -104,6 +105,56 @@ def quantize_int8(model):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return quantize_dynamic(copy.deepcopy(model).cpu().eval(), {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def quantize_weights(weight: torch.Tensor, *, bits: int, group_size: int | None = None,
+                     asymmetric: bool = False) -> torch.Tensor:
+    """``weight`` (out × in) rounded to ``bits``-bit integers and back to float: the error a weight format makes.
+
+    One scale per output row (per-channel), or per group of ``group_size`` consecutive weights of a row.
+    Symmetric: q = round(w / s) in [−(2^(b−1) − 1), 2^(b−1) − 1] with s = max|w| / (2^(b−1) − 1), w ≈ s·q.
+    Asymmetric (min/max): q = round((w − m) / s) in [0, 2^b − 1] with m = min w, s = (max w − m) / (2^b − 1),
+    w ≈ s·q + m; with ``bits=4, group_size=32`` this is llama.cpp's Q4_1 block format. Chapter 5.
+    """
+    if weight.dim() != 2:
+        raise ValueError(f"weight must be a matrix (out x in), got shape {tuple(weight.shape)}")
+    if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 16:
+        raise ValueError(f"bits must be an int in [2, 16], got {bits!r}")
+    out_features, in_features = weight.shape
+    group = in_features if group_size is None else group_size
+    if isinstance(group, bool) or not isinstance(group, int) or group < 1 or in_features % group:
+        raise ValueError(f"group_size must divide the {in_features} inputs of a row, got {group_size!r}")
+    w = weight.detach().float().reshape(out_features, in_features // group, group)
+    if asymmetric:
+        low, high = w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+        scale = ((high - low) / (2**bits - 1)).clamp(min=1e-12)
+        q = torch.clamp(torch.round((w - low) / scale), 0, 2**bits - 1)
+        restored = q * scale + low
+    else:
+        top = 2 ** (bits - 1) - 1
+        scale = (w.abs().amax(-1, keepdim=True) / top).clamp(min=1e-12)
+        restored = torch.clamp(torch.round(w / scale), -top, top) * scale
+    return restored.reshape(weight.shape).to(weight.dtype)
+
+
+@torch.no_grad()
+def fake_quantize(model, *, bits: int, group_size: int | None = None, asymmetric: bool = False):
+    """A copy of ``model`` whose Transformer-block linear weights went through :func:`quantize_weights`
+    (simulated, "fake" quantization: the rounding error is real, the arithmetic stays float). It measures what
+    a weight format costs in quality, not its speed. Embeddings and norms stay as they are. Chapter 5."""
+    quantized = copy.deepcopy(model).eval()
+    weights = prunable_weights(quantized)
+    if not weights:
+        raise ValueError("the model has no linear layers under 'layers.' to quantize")
+    for w in weights.values():
+        w.copy_(quantize_weights(w, bits=bits, group_size=group_size, asymmetric=asymmetric))
+    return quantized
+
+
+def weight_bits(bits: int, group_size: int, asymmetric: bool = False, scale_bits: int = 16) -> float:
+    """Storage per weight of a group-wise format: the ``bits`` of the integer plus the group's scale (and its
+    minimum, when ``asymmetric``) shared by ``group_size`` weights. Q4_1: 4 + 2·16/32 = 5 bits."""
+    return bits + (2 if asymmetric else 1) * scale_bits / group_size
 
 
 def cast(model, dtype: torch.dtype):

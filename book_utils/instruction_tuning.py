@@ -4,10 +4,14 @@ Chapter 4c fine-tunes two decoders on the instruction dataset of chapter 4b (:mo
 our chapter-3 base model (the whole pipeline from scratch) and the real SmolLM2-135M (full fine-tuning
 against LoRA, and TRL's ``SFTTrainer`` as the production path). This module holds:
 
+- mid-training: :func:`midtraining_documents` (train-split reviews and dialogues, split by ``source_id``
+  like the SFT data, plus replayed plays) and :func:`load_or_midtrain` continue pretraining the base model
+  on the domains SFT asks about (a lever chapter 4c measures);
 - data: :func:`tokenize_records` turns chat records into ``input_ids``/``attention_mask``/``labels`` with
   the prompt masked (labels -100 outside the assistant turns) or unmasked, and drops (and counts) records
   longer than the model's context; :class:`SFTCollator` pads a batch (labels padded with -100);
-  :func:`masked_nll` is the loss formula the chapter checks; :func:`replay_mix` mixes pretraining blocks into
+  :func:`masked_nll` is the loss formula the chapter checks and :func:`per_example_nll` the variant that
+  weights each conversation once; :func:`replay_mix` mixes pretraining blocks into
   the SFT data (replay against forgetting);
 - training: :func:`training_arguments` (bf16/fp16 chosen by the GPU's capability, gradient accumulation,
   gradient checkpointing, the same arguments on a CPU) and :func:`train_sft`, a ``transformers.Trainer``
@@ -17,8 +21,9 @@ against LoRA, and TRL's ``SFTTrainer`` as the production path). This module hold
   the 6·N·D arithmetic that extrapolates a measured rate to other models and hardware;
 - evaluation: :func:`generate_replies` (greedy, batched with left padding; :func:`sft_context` is the token
   budget of a record), :func:`evaluate_closed` (exact
-  match with the stated parser ``sft_data.parse_answer``, format compliance) and :func:`score_table`
-  (accuracy with bootstrap intervals, before/after differences paired on the same items);
+  match with the stated parser ``sft_data.parse_answer``, format compliance), :func:`score_table`
+  (accuracy with bootstrap intervals, before/after differences paired on the same items) and
+  :func:`random_valid_accuracy` (the score of a guesser that answers a random allowed label);
 - artifacts: :func:`load_or_train_sft_model` (our base model after SFT, used by chapter 5) and
   :func:`smollm2_checkpoint` (SmolLM2 converted once from GGUF to a plain safetensors checkpoint).
 """
@@ -28,7 +33,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -165,6 +170,58 @@ def masked_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return -(picked * keep).sum() / keep.sum()
 
 
+def per_example_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """The loss with every conversation weighted equally (chapter 4c): each example's mean next-token
+    cross-entropy over its own labelled tokens, then the mean over the examples that have any.
+
+    L = (1/B) Σ_b (1/|A_b|) Σ_{t ∈ A_b} −log p(x_t | x_<t). :func:`masked_nll` weights every *token* equally
+    instead, so a 60-token chat answer counts 60 times as much as a one-token label; here both count once.
+    """
+    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(f"need logits (B, T, V) and labels (B, T); got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    target = labels[:, 1:]
+    keep = target != IGNORE_INDEX
+    if not keep.any():
+        raise ValueError("every label is -100: there is no assistant token to compute a loss on")
+    nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE_INDEX,
+                          reduction="none").view_as(target)
+    counts = keep.sum(dim=1)
+    has = counts > 0
+    return (nll.sum(dim=1)[has] / counts[has]).mean()
+
+
+def mix_tasks(train, repeats: Mapping[str, int], *, seed: int = 0):
+    """The SFT mixture (数据配比): each record of a task in ``repeats`` appears that many times (a whole number
+    >= 1; other tasks once), then the set is shuffled with ``seed``. Chapter 4c up-weights the task whose
+    answers must be memorised, so it gets more passes within the same number of steps."""
+    from datasets import concatenate_datasets
+
+    tasks = set(train["task"])
+    unknown = sorted(set(repeats) - tasks)
+    if unknown:
+        raise ValueError(f"no records of task(s) {unknown} to repeat; the data has {sorted(tasks)}")
+    parts = [train]
+    for task, times in repeats.items():
+        _check_positive_int(f"repeats[{task!r}]", times)
+        parts += [train.filter(lambda r, task=task: r["task"] == task)] * (times - 1)
+    return concatenate_datasets(parts).shuffle(seed=seed)
+
+
+def mixture_table(train):
+    """Per task of tokenized SFT data: records, labelled tokens (the targets the loss sees), and the task's
+    share of the loss under the per-token mean (:func:`masked_nll`: its share of labelled tokens) and under the
+    per-example mean (:func:`per_example_nll`: its share of records). Chapter 4c."""
+    import pandas as pd
+
+    targets = [sum(label != IGNORE_INDEX for label in labels[1:]) for labels in train["labels"]]
+    frame = pd.DataFrame({"task": train["task"], "labelled tokens": targets})
+    table = frame.groupby("task").agg(records=("task", "size"), **{"labelled tokens": ("labelled tokens", "sum")})
+    table["tokens per record"] = table["labelled tokens"] / table["records"]
+    table["loss share, per token"] = table["labelled tokens"] / table["labelled tokens"].sum()
+    table["loss share, per example"] = table["records"] / table["records"].sum()
+    return table.sort_values("records", ascending=False)
+
+
 def replay_mix(sft_train, lm_blocks, fraction: float, *, max_length: int | None = None, seed: int = 0):
     """Mix pretraining text into SFT training data (replay, 回放): a ``fraction`` of the mixed set is plain LM blocks.
 
@@ -216,21 +273,25 @@ def training_arguments(
     batch_size: int,
     learning_rate: float,
     grad_accum: int = 1,
-    warmup_ratio: float = 0.05,
+    warmup_steps: float = 0.05,
     weight_decay: float = 0.0,
     eval_steps: int | None = None,
     logging_steps: int = 10,
     gradient_checkpointing: bool = False,
     lr_scheduler_type: str = "cosine",
+    group_by_length: bool = False,
     **overrides,
 ):
     """``TrainingArguments`` for an SFT run with transformers 5 names (chapter 4c).
 
     The effective batch is ``batch_size × grad_accum`` sequences (gradient accumulation, 梯度累积);
-    ``gradient_checkpointing`` trades compute for memory (activations recomputed in the backward pass);
-    bf16/fp16 come from :func:`mixed_precision_flags`; ``use_cpu`` when ``ctx.device`` is a CPU. No
-    checkpoints are written during the run (the notebook saves the final model itself), nothing is
-    reported to a tracking service, and ``remove_unused_columns=False`` keeps our prepared columns.
+    ``warmup_steps`` below 1 is a share of ``max_steps`` (transformers 5 dropped ``warmup_ratio``), a whole
+    number a count; ``group_by_length`` batches conversations of similar length together (less padding,
+    transformers 5's ``train_sampling_strategy="group_by_length"``); ``gradient_checkpointing`` trades
+    compute for memory (activations recomputed in the backward pass); bf16/fp16 come from
+    :func:`mixed_precision_flags`; ``use_cpu`` when ``ctx.device`` is a CPU. No checkpoints are written
+    during the run (the notebook saves the final model itself), nothing is reported to a tracking service,
+    and ``remove_unused_columns=False`` keeps our prepared columns.
     """
     from transformers import TrainingArguments
 
@@ -239,7 +300,7 @@ def training_arguments(
     _check_positive_int("grad_accum", grad_accum)
     if not learning_rate > 0:
         raise ValueError(f"learning_rate must be > 0, got {learning_rate!r}")
-    kwargs = _run_kwargs(output_dir, ctx, max_steps, batch_size, learning_rate, warmup_ratio, lr_scheduler_type)
+    kwargs = _run_kwargs(output_dir, ctx, max_steps, batch_size, learning_rate, warmup_steps, lr_scheduler_type)
     kwargs.update(
         per_device_eval_batch_size=max(batch_size, 16),
         gradient_accumulation_steps=grad_accum,
@@ -250,20 +311,23 @@ def training_arguments(
         activation_checkpointing=gradient_checkpointing,  # transformers 5's name for gradient checkpointing
         remove_unused_columns=False,
         dataloader_num_workers=0,
+        train_sampling_strategy="group_by_length" if group_by_length else "random",
     )
     kwargs.update(overrides)
     return TrainingArguments(**kwargs)
 
 
-def _run_kwargs(output_dir, ctx, max_steps, batch_size, learning_rate, warmup_ratio=0.05, lr_scheduler_type="cosine"):
+def _run_kwargs(output_dir, ctx, max_steps, batch_size, learning_rate, warmup_steps=0.05, lr_scheduler_type="cosine"):
     """The arguments :func:`training_arguments` and :func:`trl_config` share: schedule, seeds, device and
     precision, no checkpoints, no tracking service, no progress bar (the numbers are read from trainer.state)."""
+    if isinstance(warmup_steps, bool) or not (0 <= warmup_steps < 1 or float(warmup_steps).is_integer()):
+        raise ValueError(f"warmup_steps must be a share in [0, 1) or a whole number of steps, got {warmup_steps!r}")
     return dict(
         output_dir=str(output_dir),
         max_steps=max_steps,
         per_device_train_batch_size=batch_size,
         learning_rate=learning_rate,
-        warmup_steps=max(0, round(warmup_ratio * max_steps)),
+        warmup_steps=warmup_steps if warmup_steps < 1 else int(warmup_steps),
         lr_scheduler_type=lr_scheduler_type,
         save_strategy="no",
         report_to="none",
@@ -275,8 +339,10 @@ def _run_kwargs(output_dir, ctx, max_steps, batch_size, learning_rate, warmup_ra
     )
 
 
-def _counting_trainer_class(base=None):
-    """A ``Trainer`` subclass (of ``base``, default ``transformers.Trainer``) that counts the tokens it trains on."""
+def _counting_trainer_class(base=None, *, per_example: bool = False):
+    """A ``Trainer`` subclass (of ``base``, default ``transformers.Trainer``) that counts the tokens it trains on
+    and, with ``per_example``, computes :func:`per_example_nll` instead of the per-token mean, in training and
+    in evaluation alike (so the two losses are the same quantity)."""
     from transformers import Trainer
 
     base = base or Trainer
@@ -284,12 +350,19 @@ def _counting_trainer_class(base=None):
     class CountingTrainer(base):
         tokens_seen = 0  # non-padding tokens in training batches
         target_tokens = 0  # tokens with a label (the ones the loss averages over)
+        # a per-micro-batch mean: Trainer divides it by the accumulation steps (the mean over the whole batch)
+        loss_is_scaled_for_ga = False if per_example else None
 
-        def compute_loss(self, model, inputs, *args, **kwargs):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if model.training:
                 self.tokens_seen += int(inputs["attention_mask"].sum())
                 self.target_tokens += int((inputs["labels"] != IGNORE_INDEX).sum())
-            return super().compute_loss(model, inputs, *args, **kwargs)
+            if not per_example:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            labels = inputs["labels"]
+            outputs = model(**{k: v for k, v in inputs.items() if k != "labels"})
+            loss = per_example_nll(outputs.logits, labels)
+            return (loss, outputs) if return_outputs else loss
 
     return CountingTrainer
 
@@ -363,7 +436,7 @@ def enable_checkpointing(model) -> None:
         model.enable_input_require_grads()  # so a frozen embedding (LoRA) still feeds gradients to the layers
 
 
-def train_sft(model, tokenizer, train, validation=None, *, args, callbacks=None) -> dict:
+def train_sft(model, tokenizer, train, validation=None, *, args, per_example: bool = False, callbacks=None) -> dict:
     """Fine-tune ``model`` on tokenized ``train`` with ``transformers.Trainer`` and measure the run (chapter 4c).
 
     ``train``/``validation`` come from :func:`tokenize_records` (or :func:`replay_mix`); ``args`` from
@@ -379,7 +452,7 @@ def train_sft(model, tokenizer, train, validation=None, *, args, callbacks=None)
     validation = validation.select_columns(columns) if validation is not None else None
     if getattr(args, "activation_checkpointing", False) or getattr(args, "gradient_checkpointing", False):
         enable_checkpointing(model)
-    trainer = _counting_trainer_class()(
+    trainer = _counting_trainer_class(per_example=per_example)(
         model=model,
         args=args,
         train_dataset=train,
@@ -513,7 +586,7 @@ CI_CONTEXT = 256
 def sft_context(ctx, model) -> int:
     """Longest record (prompt, answer and template tokens) the chapter trains and evaluates our base model on.
 
-    ``full``: the model's context (128 tokens). ``ci``: the toy base model has 64 positions and a 512-token
+    ``full``: the model's context (256 tokens). ``ci``: the toy base model has 64 positions and a 512-token
     vocabulary, which no record fits, so the ``ci`` profile lets it read :data:`CI_CONTEXT` positions (rotary
     positions have no hard limit; ``ci`` only checks that the code runs, its numbers mean nothing).
     """
@@ -623,41 +696,77 @@ def evaluate_closed(
     return frame
 
 
-def _accuracy(predictions, references) -> float:
-    return float(np.mean(predictions == references))
-
-
 def accuracy_ci(correct, baseline=None, *, n_boot: int = 1000, seed: int = 0) -> dict[str, float]:
     """Accuracy (mean of 0/1 ``correct``) with a 95 % percentile-bootstrap interval, or, with ``baseline``
-    (0/1 on the *same* items), the paired difference and its interval. Reuses ``metrics.bootstrap_ci``."""
+    on the *same* items, the paired difference ``mean(correct − baseline)`` and its interval.
+
+    ``baseline`` is another system's 0/1 correctness, or each item's probability of being right (a random
+    guesser's 1/k, :func:`random_valid_accuracy`). Items are resampled with ``metrics.bootstrap_ci``.
+    """
     from book_utils.metrics import bootstrap_ci
 
-    correct = np.asarray(correct, dtype=np.int64)
-    ones = np.ones_like(correct)
-    base = None if baseline is None else np.asarray(baseline, dtype=np.int64)
-    return bootstrap_ci(ones, correct, base, metric=_accuracy, n_boot=n_boot, seed=seed)
+    correct = np.asarray(correct, dtype=float)
+    base = np.zeros_like(correct) if baseline is None else np.asarray(baseline, dtype=float)
+    if base.shape != correct.shape:
+        raise ValueError(f"baseline has {base.shape} values for {correct.shape} items: score the same items")
+    index = np.arange(len(correct))
+    metric = lambda _, items: float(np.mean(correct[items] - base[items]))  # noqa: E731
+    return bootstrap_ci(index, index, metric=metric, n_boot=n_boot, seed=seed)
+
+
+def options_of(record) -> tuple[str, ...]:
+    """The answers a closed-task record allows: the plays its prompt lists for ``play`` (four of eight), the
+    task's label set otherwise (``sft_data.CLOSED_TASKS``)."""
+    import re
+
+    from book_utils.sft_data import CLOSED_TASKS
+
+    task = record.get("task")
+    if task not in CLOSED_TASKS:
+        raise ValueError(f"record {record.get('id')!r}: task {task!r} is not closed; closed: {list(CLOSED_TASKS)}")
+    if task != "play":
+        return CLOSED_TASKS[task]
+    title = "|".join(re.escape(t) for t in CLOSED_TASKS["play"])
+    prompt = prompt_of(record["messages"])[-1]["content"]
+    listed = re.search(f"(?:{title})(?:, (?:{title}))+", prompt)
+    if listed is None:
+        raise ValueError(f"record {record.get('id')!r}: no list of plays in its prompt")
+    return tuple(listed.group(0).split(", "))
+
+
+def random_valid_accuracy(records) -> np.ndarray:
+    """Per record, the chance that a guesser who answers a uniformly random *allowed* label is right:
+    1/k for k = ``len(options_of(record))``. Its mean is the random-valid-label baseline of chapter 4c: the
+    score of a model that learned the answer format and nothing else."""
+    rows = records.to_list() if hasattr(records, "to_list") else list(records)
+    return np.array([1.0 / len(options_of(r)) for r in rows])
 
 
 def score_table(frame, *, n_boot: int = 1000, seed: int = 0):
     """Per task and overall: items, items that fit the context, format compliance (share of replies that parse),
-    exact-match accuracy with its 95 % bootstrap interval. Items that do not fit count as wrong and unparsed."""
+    exact-match accuracy with its 95 % bootstrap interval. Items that do not fit count as wrong and unparsed.
+    When ``frame`` has a ``random_valid`` column (:func:`random_valid_accuracy`), also that baseline and the
+    paired gain over it, ``gain`` with its interval ``gain_low``..``gain_high``."""
     import pandas as pd
 
     rows = []
     groups = [(task, g) for task, g in frame.groupby("task", sort=True)] + [("all", frame)]
     for task, g in groups:
         ci = accuracy_ci(g["correct"].to_numpy(), n_boot=n_boot, seed=seed)
-        rows.append(
-            {
-                "task": task,
-                "n": len(g),
-                "fits": int(g["fits"].sum()),
-                "format_ok": float(g["format_ok"].mean()),
-                "accuracy": ci["estimate"],
-                "low": ci["low"],
-                "high": ci["high"],
-            }
-        )
+        row = {
+            "task": task,
+            "n": len(g),
+            "fits": int(g["fits"].sum()),
+            "format_ok": float(g["format_ok"].mean()),
+            "accuracy": ci["estimate"],
+            "low": ci["low"],
+            "high": ci["high"],
+        }
+        if "random_valid" in g:
+            gain = accuracy_ci(g["correct"].to_numpy(), g["random_valid"].to_numpy(), n_boot=n_boot, seed=seed)
+            row.update(random_valid=float(g["random_valid"].mean()), gain=gain["estimate"], gain_low=gain["low"],
+                       gain_high=gain["high"])
+        rows.append(row)
     return pd.DataFrame(rows).set_index("task")
 
 
@@ -709,15 +818,121 @@ def format_duration(seconds: float) -> str:
     return f"{seconds:.1f} s"
 
 
+# --- mid-training: continued pretraining on the domains SFT asks about ----------------------------------
+
+#: Cache name of the mid-trained base model (``artifact_dir(MID_MODEL_ARTIFACT, profile)``: model, tokenizer
+#: and ``history.json``, the run's losses).
+MID_MODEL_ARTIFACT = "mid-model"
+#: The SFT sources whose train-split text mid-training reads (the play passages are not among them: see
+#: :func:`midtraining_documents`).
+MID_SOURCES = ("reviews", "chatterbot", "chitchat")
+
+
+def midtraining_documents(profile: str = "full", *, seed: int = 0, replay_share: float = 0.25) -> dict:
+    """The text of mid-training (中期训练, continued pretraining), ``{"train": {id: text}, "validation": {...}}``.
+
+    Each review and each dialogue of :data:`MID_SOURCES` is a document, cleaned and deduplicated over the whole
+    source with chapter 4b's ``sft_data.clean_items`` (so of two near duplicates only the one 4b kept
+    survives) and split by ``source_id`` with ``sft_data.split_of``, exactly like the SFT data: no
+    validation or test item of chapter 4b, nor a near duplicate of one, is ever read. ``train`` adds whole
+    training plays of chapter 3 (replay, 回放) until they are ``replay_share`` of the characters, so the model
+    keeps its Shakespeare; ``validation`` holds the validation-split reviews and dialogues. The ``ci``
+    profile keeps 300 documents per source and split.
+    """
+    from book_utils import sft_data as sd
+    from book_utils.assets import shakespeare_splits
+
+    if not 0 <= replay_share < 1:
+        raise ValueError(f"replay_share must be in [0, 1), got {replay_share!r}")
+    limit = 300 if profile == "ci" else None
+    items = {"reviews": sd.review_items(), "chatterbot": sd.chatterbot_items(),
+             "chitchat": sd.chitchat_items(limit=1500 if profile == "ci" else None)}
+    docs: dict[str, dict[str, str]] = {"train": {}, "validation": {}}
+    for source in MID_SOURCES:
+        kept, _ = sd.clean_items(items[source], min_chars=sd.CLEANING[source][0], max_chars=sd.MAX_CONTENT_CHARS)
+        taken = {"train": 0, "validation": 0}
+        for item in kept:
+            split = sd.split_of(item["source_id"], seed)
+            if split in docs and (limit is None or taken[split] < limit):
+                docs[split][item["source_id"]] = item["text"]
+                taken[split] += 1
+    domain_chars = sum(map(len, docs["train"].values()))
+    plays = shakespeare_splits()["train"]
+    replay_chars = 0
+    for title in sorted(plays):
+        if replay_chars >= replay_share / (1 - replay_share) * domain_chars:
+            break
+        docs["train"][f"shakespeare:{title}"] = plays[title]
+        replay_chars += len(plays[title])
+    return docs
+
+
+def midtraining_config(ctx):
+    """Mid-training's ``pretraining.TrainConfig``: a short run at a third of pretraining's peak learning rate."""
+    from book_utils.pretraining import TrainConfig
+
+    return TrainConfig(
+        max_steps=ctx.pick(ci=20, full=300), batch_size=ctx.pick(ci=8, full=16), lr=1e-3, min_lr=1e-4,
+        warmup_steps=ctx.pick(ci=2, full=30), eval_every=ctx.pick(ci=10, full=100), eval_blocks=64,
+        checkpoint_every=ctx.pick(ci=20, full=300), seed=ctx.seed,
+    )
+
+
+def midtrain(ctx, model, tokenizer, docs=None):
+    """Continue pretraining ``model`` (in place) on :func:`midtraining_documents` with chapter 3's training loop
+    (``pretraining.train``, next-token loss on every token, blocks of the model's context) and
+    :func:`midtraining_config`. Returns the run's history. Chapter 4c."""
+    from book_utils.pretraining import build_lm_datasets, train
+
+    docs = docs or midtraining_documents(ctx.profile, seed=ctx.seed)
+    data = build_lm_datasets(docs, tokenizer, context_length(model))
+    return train(model.train(), data, midtraining_config(ctx), desc="mid-training", log=None)
+
+
+def load_or_midtrain(ctx):
+    """The base model after mid-training, ``(model, tokenizer, history)``, in eval mode on ``ctx.device``:
+    loaded from ``artifact_dir("mid-model", profile)``, or mid-trained now from chapter 3's base model
+    (:func:`midtrain`; CPU: seconds in ``ci``, a few minutes in ``full``) and saved atomically first."""
+    from book_utils.cache import artifact_dir, atomic_dir, is_complete
+    from book_utils.pretraining import load_base_model, load_saved_llama
+
+    folder = artifact_dir(MID_MODEL_ARTIFACT, ctx.profile)
+    if not is_complete(folder):
+        model, tokenizer = load_base_model(ctx)
+        history = midtrain(ctx, model, tokenizer)
+        with atomic_dir(folder) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            (tmp / "history.json").write_text(json.dumps(history))
+    model, tokenizer = load_saved_llama(folder, ctx.device, what="the mid-trained model", retry="load_or_midtrain")
+    return model, tokenizer, json.loads((folder / "history.json").read_text())
+
+
 # --- the instruction-tuned base model (chapter 5 loads it) -------------------------------------------------
 
 
 def sft_recipe(ctx) -> dict:
-    """The recipe the chapter trains our base model with, per profile: steps, batch, learning rate, warmup."""
+    """The recipe chapter 4c instruction-tunes our base model with, per profile: :func:`finetune`'s arguments
+    (the loss of :func:`per_example_nll`, each "which play?" record three times, :func:`training_arguments`)."""
     return ctx.pick(
-        ci=dict(max_steps=20, batch_size=8, learning_rate=2e-3, warmup_ratio=0.1),
-        full=dict(max_steps=400, batch_size=16, learning_rate=1e-3, warmup_ratio=0.05),
+        ci=dict(max_steps=20, batch_size=8, learning_rate=2e-3, warmup_steps=0.1, group_by_length=True,
+                per_example=True, repeats={"play": 3}),
+        full=dict(max_steps=1600, batch_size=16, learning_rate=2e-3, warmup_steps=0.05, group_by_length=True,
+                  per_example=True, repeats={"play": 3}),
     )
+
+
+def finetune(model, tokenizer, train, validation, ctx, *, output_dir, per_example: bool = True,
+             repeats: Mapping[str, int] | None = None, callbacks=None, **settings) -> dict:
+    """One SFT run: ``model`` trained in place on ``train`` (mixed by :func:`mix_tasks` with ``repeats``) with
+    :func:`training_arguments` (``settings``) and :func:`train_sft`, seeded by ``settings["seed"]`` or
+    ``ctx.seed``. Returns the run of :func:`train_sft`. Every run of chapter 4c goes through here."""
+    args = training_arguments(output_dir, ctx, **settings)
+    if repeats:
+        train = mix_tasks(train, repeats, seed=args.seed)
+    torch.manual_seed(args.seed)
+    return train_sft(model.train(), tokenizer, train, validation, args=args, per_example=per_example,
+                     callbacks=callbacks)
 
 
 def sft_model_dir(profile: str) -> Path:
@@ -762,8 +977,9 @@ def sft_train_data(ctx, tokenizer, context: int, data=None):
 
 
 def train_sft_model(ctx, *, data=None, output_dir=None, **recipe_overrides):
-    """Instruction-tune our chapter-3 base model with :func:`sft_recipe` (prompt-masked loss, full fine-tuning):
-    returns ``(model, tokenizer, run)`` with ``run`` from :func:`train_sft`. Chapter 4c runs these steps."""
+    """Instruction-tune our chapter-3 base model with :func:`sft_recipe` (prompt-masked, per-example loss, full
+    fine-tuning): returns ``(model, tokenizer, run)`` with ``run`` from :func:`train_sft`. Chapter 4c runs
+    these steps."""
     import tempfile
 
     from book_utils.pretraining import load_base_model
@@ -772,9 +988,7 @@ def train_sft_model(ctx, *, data=None, output_dir=None, **recipe_overrides):
     train, validation, dropped = sft_train_data(ctx, tokenizer, sft_context(ctx, model), data)
     recipe = {**sft_recipe(ctx), **recipe_overrides}
     output_dir = output_dir or tempfile.mkdtemp(prefix="sft-run-")
-    args = training_arguments(output_dir, ctx, eval_steps=None, **recipe)
-    torch.manual_seed(ctx.seed)
-    run = train_sft(model.train(), tokenizer, train, validation, args=args)
+    run = finetune(model, tokenizer, train, validation, ctx, output_dir=output_dir, **recipe)
     run["dropped"] = dropped
     run["recipe"] = recipe
     return model.eval(), tokenizer, run

@@ -112,3 +112,33 @@ def test_onnx_parity(tiny, tmp_path):
         with torch.no_grad():
             ref = tiny(input_ids=ids).logits
         torch.testing.assert_close(comp.onnx_logits(session, ids), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_quantize_weights_error_bounds_and_q4_1_grid():
+    torch.manual_seed(0)
+    w = torch.randn(8, 64)
+    for bits in (8, 4):
+        restored = comp.quantize_weights(w, bits=bits)  # symmetric, one scale per row
+        scale = w.abs().amax(1, keepdim=True) / (2 ** (bits - 1) - 1)
+        assert ((w - restored).abs() <= scale / 2 + 1e-6).all()
+    fine = comp.quantize_weights(w, bits=4, group_size=32, asymmetric=True)
+    coarse = comp.quantize_weights(w, bits=4, asymmetric=True)
+    assert (w - fine).pow(2).mean() < (w - coarse).pow(2).mean()  # smaller groups, finer grids
+    levels = [g.unique().numel() for g in fine.view(-1, 32)]
+    assert max(levels) <= 16  # at most 2^4 values per block of 32
+    # weights already on a Q4_1 grid come back exactly: the format's own min and max are grid points
+    torch.testing.assert_close(comp.quantize_weights(fine, bits=4, group_size=32, asymmetric=True), fine)
+    assert comp.weight_bits(4, 32, asymmetric=True) == 5.0
+    with pytest.raises(ValueError, match="group_size"):
+        comp.quantize_weights(w, bits=4, group_size=48)
+    with pytest.raises(ValueError, match="bits"):
+        comp.quantize_weights(w, bits=1)
+
+
+def test_fake_quantize_touches_block_linears_only(tiny, blocks):
+    q = comp.fake_quantize(tiny, bits=4, group_size=16, asymmetric=True)
+    assert not torch.equal(q.model.layers[0].mlp.up_proj.weight, tiny.model.layers[0].mlp.up_proj.weight)
+    torch.testing.assert_close(q.model.embed_tokens.weight, tiny.model.embed_tokens.weight)
+    eight = comp.fake_quantize(tiny, bits=8)
+    loss = lambda m: comp.evaluate_lm(m, blocks)["loss"]
+    assert abs(loss(eight) - loss(tiny)) < abs(loss(comp.fake_quantize(tiny, bits=2)) - loss(tiny)) + 1e-6

@@ -265,3 +265,123 @@ def test_mixed_precision_wrapper_is_removed_after_training(tokenizer, records, t
     batch = it.SFTCollator(tokenizer.pad_token_id)([data[0], data[1]])
     with torch.no_grad():
         torch.testing.assert_close(model(input_ids=batch["input_ids"]).logits, fresh.eval()(input_ids=batch["input_ids"]).logits)
+
+
+def test_per_example_nll_weights_each_conversation_once():
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 7)
+    labels = torch.tensor([[-100, 1, 2, 3, 4], [-100, -100, -100, 5, -100]])  # 4 targets, then 1 target
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, 7), labels[:, 1:].reshape(-1), reduction="none",
+                          ignore_index=-100).view(2, 4)
+    expected = (nll[0].sum() / 4 + nll[1].sum() / 1) / 2
+    torch.testing.assert_close(it.per_example_nll(logits, labels), expected)
+    assert not torch.isclose(it.masked_nll(logits, labels), expected)  # the per-token mean weights row 0 x4
+    empty = labels.clone()
+    empty[1] = -100  # a conversation without labels is skipped, not counted as zero
+    torch.testing.assert_close(it.per_example_nll(logits, empty), nll[0].sum() / 4)
+    with pytest.raises(ValueError, match="-100"):
+        it.per_example_nll(logits, torch.full_like(labels, -100))
+
+
+def test_per_example_trainer_reports_the_same_loss_in_training_and_evaluation(tokenizer, records, tmp_path):
+    data, _ = it.tokenize_records(records, tokenizer, 64, tokenize_fn=chat_tokenize)
+    model = tiny_model(tokenizer)
+    args = it.training_arguments(tmp_path, ctx(), max_steps=2, batch_size=3, learning_rate=1e-3,
+                                 group_by_length=True, per_device_eval_batch_size=4)
+    run = it.train_sft(model, tokenizer, data, data, args=args, per_example=True)
+    batch = it.SFTCollator(tokenizer.pad_token_id)([data[i] for i in range(len(data))])
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    # evaluation batches of 4 and 2 conversations, weighted by size: the mean over all six conversations
+    assert run["val_loss"] == pytest.approx(it.per_example_nll(logits, batch["labels"]).item(), rel=1e-5)
+    assert args.train_sampling_strategy == "group_by_length"
+
+
+def test_warmup_steps_is_a_share_or_a_count(tmp_path):
+    assert it.training_arguments(tmp_path, ctx(), max_steps=200, batch_size=2, learning_rate=1e-3,
+                                 warmup_steps=0.05).get_warmup_steps(200) == 10
+    assert it.training_arguments(tmp_path, ctx(), max_steps=200, batch_size=2, learning_rate=1e-3,
+                                 warmup_steps=30).get_warmup_steps(200) == 30
+    with pytest.raises(ValueError, match="warmup_steps"):
+        it.training_arguments(tmp_path, ctx(), max_steps=200, batch_size=2, learning_rate=1e-3, warmup_steps=1.5)
+
+
+def play_record(options, answer="Macbeth"):
+    prompt = f"Which Shakespeare play is this passage from?\n\nOthello, thou art\n\nOptions: {', '.join(options)}"
+    return {"id": "p", "task": "play", "messages": [{"role": "user", "content": prompt},
+                                                      {"role": "assistant", "content": answer}], "answer": answer}
+
+
+def test_options_and_random_valid_accuracy(records):
+    four = ["Macbeth", "Hamlet", "The Tempest", "A Midsummer Night's Dream"]
+    assert it.options_of(play_record(four)) == tuple(four)  # "Othello" in the passage is not an option
+    assert it.options_of(records[0]) == ("positive", "negative")
+    np.testing.assert_allclose(it.random_valid_accuracy([records[0], play_record(four)]), [0.5, 0.25])
+    with pytest.raises(ValueError, match="no list of plays"):
+        it.options_of({**play_record(four), "messages": [{"role": "user", "content": "Which play?"},
+                                                         {"role": "assistant", "content": "Macbeth"}]})
+    with pytest.raises(ValueError, match="not closed"):
+        it.options_of({**records[0], "task": "chat"})
+
+
+def test_accuracy_ci_against_a_fractional_baseline():
+    correct = np.array([1] * 70 + [0] * 30)
+    chance = np.full(100, 0.5)
+    gain = it.accuracy_ci(correct, chance, n_boot=200)
+    assert gain["estimate"] == pytest.approx(0.2) and 0 < gain["low"] < 0.2 < gain["high"]
+    with pytest.raises(ValueError, match="same items"):
+        it.accuracy_ci(correct, chance[:10])
+
+
+def test_mix_tasks_repeats_a_task_and_the_mixture_table_counts_targets(tokenizer, records):
+    rows = records + [{**records[0], "id": "c", "task": "chat"}]
+    data, _ = it.tokenize_records(rows, tokenizer, 64, tokenize_fn=chat_tokenize)
+    mixed = it.mix_tasks(data, {"chat": 3}, seed=0)
+    assert sorted(mixed["task"]).count("chat") == 3 and len(mixed) == len(data) + 2
+    table = it.mixture_table(mixed)
+    assert table.loc["chat", "records"] == 3 and table["loss share, per example"].sum() == pytest.approx(1)
+    targets = sum(sum(label != -100 for label in labels[1:]) for labels in data["labels"][:1])
+    assert table.loc["sentiment", "labelled tokens"] >= targets > 0
+    assert table["loss share, per token"].sum() == pytest.approx(1)
+    with pytest.raises(ValueError, match="no records of task"):
+        it.mix_tasks(data, {"play": 2})
+    with pytest.raises(ValueError, match="repeats"):
+        it.mix_tasks(data, {"chat": 0})
+
+
+def test_midtraining_documents_keep_the_sft_split_and_replay_plays(monkeypatch):
+    from book_utils import assets
+    from book_utils import sft_data as sd
+
+    words = "lovely dress fits well runs small fabric soft color bright would buy again".split()
+    reviews = [{"source": "reviews", "source_id": f"reviews:{i}", "rating": 5, "recommended": True,
+                "text": " ".join(words[(i + j) % len(words)] for j in range(9)) + f" number {i}"} for i in range(60)]
+    reviews.append({**reviews[0], "source_id": "reviews:copy"})  # an exact duplicate: only one survives
+    chats = [{"source": "chatterbot", "source_id": f"chatterbot:t:{i}", "turns": ["hi there", f"hello {i} friend"],
+              "text": f"hi there\nhello {i} friend"} for i in range(20)]
+    monkeypatch.setattr(sd, "review_items", lambda: reviews)
+    monkeypatch.setattr(sd, "chatterbot_items", lambda: chats)
+    monkeypatch.setattr(sd, "chitchat_items", lambda limit=None: [])
+    monkeypatch.setattr(assets, "shakespeare_splits", lambda: {"train": {"a": "x" * 500, "b": "y" * 500}})
+    docs = it.midtraining_documents("full", replay_share=0.25)
+    for split in ("train", "validation"):
+        for key in docs[split]:
+            assert key.startswith("shakespeare:") or sd.split_of(key) == split, key
+    texts = [t for d in docs.values() for t in d.values()]
+    assert len(texts) == len(set(texts))
+    replay = sum(len(t) for k, t in docs["train"].items() if k.startswith("shakespeare:"))
+    assert replay / sum(map(len, docs["train"].values())) >= 0.25
+    with pytest.raises(ValueError, match="replay_share"):
+        it.midtraining_documents("full", replay_share=1.0)
+
+
+def test_score_table_adds_the_gain_over_the_random_valid_baseline():
+    import pandas as pd
+
+    frame = pd.DataFrame({"task": ["a"] * 50 + ["b"] * 50, "fits": True, "format_ok": True,
+                          "correct": [True] * 45 + [False] * 5 + [True] * 25 + [False] * 25,
+                          "random_valid": [0.5] * 50 + [0.25] * 50})
+    table = it.score_table(frame, n_boot=200)
+    assert table.loc["a", "gain"] == pytest.approx(0.4) and table.loc["a", "gain_low"] > 0
+    assert table.loc["all", "random_valid"] == pytest.approx(0.375)
+    assert "gain" not in it.score_table(frame.drop(columns="random_valid"), n_boot=50)
