@@ -151,6 +151,18 @@ class SFTCollator:
         return {k: torch.tensor(v, dtype=torch.long) for k, v in batch.items()}
 
 
+def _next_token_targets(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(target, keep)``: the labels shifted to the position that predicts them and the mask of the ones that
+    count, after checking the shapes and that some label is not -100 (:func:`masked_nll`, :func:`per_example_nll`)."""
+    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
+        raise ValueError(f"need logits (B, T, V) and labels (B, T); got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    target = labels[:, 1:]
+    keep = target != IGNORE_INDEX
+    if not keep.any():
+        raise ValueError("every label is -100: there is no assistant token to compute a loss on")
+    return target, keep
+
+
 def masked_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over the positions whose label is not -100 (chapter 4c's formula).
 
@@ -159,13 +171,8 @@ def masked_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     ``log_softmax`` and ``gather`` so the notebook can check it against ``F.cross_entropy(ignore_index=-100)``
     and against the model's own ``loss``.
     """
-    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
-        raise ValueError(f"need logits (B, T, V) and labels (B, T); got {tuple(logits.shape)} and {tuple(labels.shape)}")
+    target, keep = _next_token_targets(logits, labels)
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    target = labels[:, 1:]
-    keep = target != IGNORE_INDEX
-    if not keep.any():
-        raise ValueError("every label is -100: there is no assistant token to compute a loss on")
     picked = logp.gather(-1, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return -(picked * keep).sum() / keep.sum()
 
@@ -177,12 +184,7 @@ def per_example_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     L = (1/B) Σ_b (1/|A_b|) Σ_{t ∈ A_b} −log p(x_t | x_<t). :func:`masked_nll` weights every *token* equally
     instead, so a 60-token chat answer counts 60 times as much as a one-token label; here both count once.
     """
-    if logits.dim() != 3 or labels.shape != logits.shape[:2]:
-        raise ValueError(f"need logits (B, T, V) and labels (B, T); got {tuple(logits.shape)} and {tuple(labels.shape)}")
-    target = labels[:, 1:]
-    keep = target != IGNORE_INDEX
-    if not keep.any():
-        raise ValueError("every label is -100: there is no assistant token to compute a loss on")
+    target, keep = _next_token_targets(logits, labels)
     nll = F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), target.flatten(), ignore_index=IGNORE_INDEX,
                           reduction="none").view_as(target)
     counts = keep.sum(dim=1)
@@ -893,19 +895,21 @@ def load_or_midtrain(ctx):
     """The base model after mid-training, ``(model, tokenizer, history)``, in eval mode on ``ctx.device``:
     loaded from ``artifact_dir("mid-model", profile)``, or mid-trained now from chapter 3's base model
     (:func:`midtrain`; CPU: seconds in ``ci``, a few minutes in ``full``) and saved atomically first."""
-    from book_utils.cache import artifact_dir, atomic_dir, is_complete
+    from book_utils.cache import artifact_dir, load_or_build
     from book_utils.pretraining import load_base_model, load_saved_llama
 
-    folder = artifact_dir(MID_MODEL_ARTIFACT, ctx.profile)
-    if not is_complete(folder):
+    def build(folder: Path) -> None:
         model, tokenizer = load_base_model(ctx)
         history = midtrain(ctx, model, tokenizer)
-        with atomic_dir(folder) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
-            (tmp / "history.json").write_text(json.dumps(history))
-    model, tokenizer = load_saved_llama(folder, ctx.device, what="the mid-trained model", retry="load_or_midtrain")
-    return model, tokenizer, json.loads((folder / "history.json").read_text())
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+        (folder / "history.json").write_text(json.dumps(history))
+
+    def load(folder: Path):
+        model, tokenizer = load_saved_llama(folder, ctx.device, what="the mid-trained model", retry="load_or_midtrain")
+        return model, tokenizer, json.loads((folder / "history.json").read_text())
+
+    return load_or_build(artifact_dir(MID_MODEL_ARTIFACT, ctx.profile), build, load)
 
 
 # --- the instruction-tuned base model (chapter 5 loads it) -------------------------------------------------
@@ -926,11 +930,11 @@ def finetune(model, tokenizer, train, validation, ctx, *, output_dir, per_exampl
              repeats: Mapping[str, int] | None = None, callbacks=None, **settings) -> dict:
     """One SFT run: ``model`` trained in place on ``train`` (mixed by :func:`mix_tasks` with ``repeats``) with
     :func:`training_arguments` (``settings``) and :func:`train_sft`, seeded by ``settings["seed"]`` or
-    ``ctx.seed``. Returns the run of :func:`train_sft`. Every run of chapter 4c goes through here."""
+    ``ctx.seed`` (``Trainer`` seeds every generator with it when it is built). Returns the run of
+    :func:`train_sft`. Every run of chapter 4c goes through here."""
     args = training_arguments(output_dir, ctx, **settings)
     if repeats:
         train = mix_tasks(train, repeats, seed=args.seed)
-    torch.manual_seed(args.seed)
     return train_sft(model.train(), tokenizer, train, validation, args=args, per_example=per_example,
                      callbacks=callbacks)
 
