@@ -1058,3 +1058,57 @@ def smollm2_checkpoint(ctx) -> Path:
         tokenizer.save_pretrained(folder)
 
     return load_or_build(artifact_dir(SMOLLM2_ARTIFACT, ctx.profile), build, lambda folder: folder)
+
+
+#: SmolLM2's fine-tunes of chapter 4c.3, saved for chapter 4c.4's evaluation: ``smollm2-sft-full`` holds the
+#: fine-tuned model, ``smollm2-sft-lora`` only the LoRA adapter (a few MB; the base is
+#: :func:`smollm2_checkpoint`).
+SMOLLM2_FINETUNES = ("full", "lora")
+
+
+def _smollm2_finetune_dir(method: str, profile: str) -> Path:
+    from book_utils.cache import artifact_dir
+
+    if method not in SMOLLM2_FINETUNES:
+        raise ValueError(f"method must be one of {SMOLLM2_FINETUNES}, got {method!r}")
+    return artifact_dir(f"smollm2-sft-{method}", profile)
+
+
+def save_smollm2_finetune(ctx, method: str, model, tokenizer, info: dict | None = None) -> Path:
+    """Save chapter 4c.3's fine-tuned SmolLM2 atomically: the whole model for ``"full"``, the adapter alone
+    for ``"lora"`` (``model`` is then the ``PeftModel``, before any merge). Returns the folder."""
+    from book_utils.cache import atomic_dir
+
+    folder = _smollm2_finetune_dir(method, ctx.profile)
+    if method == "lora" and not hasattr(model, "peft_config"):
+        raise TypeError("method 'lora' saves a PeftModel's adapter; merge only after saving")
+    with atomic_dir(folder) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if info is not None:
+            (tmp / "run_info.json").write_text(json.dumps(info, indent=1, default=str))
+    return folder
+
+
+def load_smollm2_finetune(ctx, method: str):
+    """Chapter 4c.3's fine-tuned SmolLM2 (``"full"`` or ``"lora"``, the adapter merged into the weights), in
+    eval mode on ``ctx.device``. Raises ``FileNotFoundError`` naming the notebook to run when chapter 4c.3
+    has not saved it in this profile."""
+    from transformers import AutoModelForCausalLM
+
+    from book_utils.cache import is_complete
+
+    folder = _smollm2_finetune_dir(method, ctx.profile)
+    if not is_complete(folder):
+        raise FileNotFoundError(
+            f"no SmolLM2 {method!r} fine-tune in {folder}: run chapter 4c.3 "
+            f"(book/04_sft/06_lora_smollm2.ipynb) in the {ctx.profile!r} profile first; it trains and saves it"
+        )
+    if method == "full":
+        model = AutoModelForCausalLM.from_pretrained(folder)
+    else:
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(smollm2_checkpoint(ctx))
+        model = PeftModel.from_pretrained(base, folder).merge_and_unload()
+    return model.to(ctx.device).eval()
