@@ -8,16 +8,18 @@
   Generate-and-parse is :func:`book_utils.instruction_tuning.evaluate_closed`.
 - **Verifiable instructions**, IFEval style: :data:`CHECKS` (word and sentence counts,
   required and forbidden words, keyword frequency, JSON, bullet lists, case, ending
-  phrase), :func:`follows` (strict or loose) and :func:`instruction_prompts`, which adds
-  one such instruction to each prompt.
-- **A model as pairwise judge**: :func:`judge_prompt` and :func:`judge_pairs` (both orders,
-  so position bias shows).
-- **Statistics**: :func:`items_for_halfwidth`, :func:`mcnemar_exact` and
-  :func:`word_ngrams` for contamination checks.
+  phrase), :func:`follows` (strict or loose), :func:`instruction_prompts`, which adds
+  such instructions to prompts, and :func:`instruction_scores` (IFEval's four numbers).
+- **A model as pairwise judge**: :func:`judge_prompt` and :func:`judge_pairs` (both
+  orders, so position bias shows).
+- **Statistics**: :func:`items_for_halfwidth`, :func:`mcnemar_exact`;
+  :func:`word_ngrams` and :func:`continuation_match` for contamination checks.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import re
@@ -26,17 +28,20 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-# --- log-likelihood multiple choice ----------------------------------------------------
+# --- log-likelihood multiple choice ---------------------------------------------------
 
 
-def encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
-    """Token ids of ``context`` and of ``continuation`` after it, split the way lm-eval
-    splits them: trailing whitespace of the context moves to the continuation, the pair is
-    encoded whole, and the continuation is what follows the context's own encoding."""
+def encode_pair(
+    tokenizer, context: str, continuation: str
+) -> tuple[list[int], list[int]]:
+    """Token ids of ``context`` and of ``continuation`` after it, split the way
+    lm-eval splits them: trailing whitespace of the context moves to the continuation,
+    the pair is encoded whole, and the continuation is what follows the context's own
+    encoding."""
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
-    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+    encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]
     whole, head = encode(context + continuation), encode(context)
     if whole[: len(head)] != head:
         raise ValueError(
@@ -81,7 +86,8 @@ def continuation_logprobs(model, context_ids, continuations) -> list[float]:
 def answer_continuation(tokenizer, messages, answer: str) -> tuple[str, str]:
     """The prompt a chat model sees (template with the generation prompt) and the
     assistant turn holding ``answer`` as the template writes it after that prompt (with
-    its end-of-turn marker, so an answer that is a prefix of another is not favoured)."""
+    its end-of-turn marker, so that an answer that is a prefix of another is not
+    favoured)."""
     from book_utils.instruction_tuning import prompt_of
 
     prompt_messages = prompt_of(messages)
@@ -92,7 +98,9 @@ def answer_continuation(tokenizer, messages, answer: str) -> tuple[str, str]:
         [*prompt_messages, {"role": "assistant", "content": answer}], tokenize=False
     )
     if not full.startswith(prompt):
-        raise ValueError("the chat template does not render the answer after the prompt")
+        raise ValueError(
+            "the chat template does not render the answer after the prompt"
+        )
     return prompt, full[len(prompt) :].rstrip()
 
 
@@ -117,13 +125,24 @@ def score_choices(model, tokenizer, records, *, progress: bool = False):
         if any(e[0] != encoded[0][0] for e in encoded):
             raise ValueError(f"record {r['id']!r}: options change the prompt's tokens")
         logprobs = continuation_logprobs(model, encoded[0][0], [e[1] for e in encoded])
-        lengths = [len(c) for _, c in pairs]  # lm-eval divides by the choice's characters
+        lengths = [
+            len(c) for _, c in pairs
+        ]  # lm-eval divides by the choice's characters
         pick = options[int(np.argmax(logprobs))]
         pick_norm = options[int(np.argmax(np.array(logprobs) / lengths))]
-        rows.append({"id": r["id"], "task": r["task"], "answer": r["answer"],
-                     "options": options, "logprobs": logprobs, "pick": pick,
-                     "pick_norm": pick_norm, "correct": pick == r["answer"],
-                     "correct_norm": pick_norm == r["answer"]})
+        rows.append(
+            {
+                "id": r["id"],
+                "task": r["task"],
+                "answer": r["answer"],
+                "options": options,
+                "logprobs": logprobs,
+                "pick": pick,
+                "pick_norm": pick_norm,
+                "correct": pick == r["answer"],
+                "correct_norm": pick_norm == r["answer"],
+            }
+        )
     model.train(was_training)
     return pd.DataFrame(rows)
 
@@ -166,27 +185,39 @@ def lm_eval_choices(model, tokenizer, records, *, workdir, batch_size: int = 8):
     for r in records:
         options = options_of(r)
         pairs = [answer_continuation(tokenizer, r["messages"], o) for o in options]
-        docs.append({"id": r["id"], "context": pairs[0][0],
-                     "choices": [c for _, c in pairs],
-                     "target": options.index(r["answer"])})
+        docs.append(
+            {
+                "id": r["id"],
+                "context": pairs[0][0],
+                "choices": [c for _, c in pairs],
+                "target": options.index(r["answer"]),
+            }
+        )
     data = workdir / "items.jsonl"
     data.write_text("".join(json.dumps(d) + "\n" for d in docs), encoding="utf-8")
     name = "book_closed_tasks"
     (workdir / f"{name}.yaml").write_text(_LM_EVAL_TASK.format(name=name, data=data))
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
-    result = simple_evaluate(model=lm, tasks=[name], log_samples=True,
-                             task_manager=TaskManager(include_path=str(workdir)))
+    with contextlib.redirect_stderr(io.StringIO()):  # the harness's progress bars
+        result = simple_evaluate(
+            model=lm,
+            tasks=[name],
+            log_samples=True,
+            task_manager=TaskManager(include_path=str(workdir)),
+        )
     samples = sorted(result["samples"][name], key=lambda s: s["doc_id"])
-    frame = pd.DataFrame({
-        "id": [d["id"] for d in docs],
-        "logprobs": [[float(ll) for ll, _ in s["filtered_resps"]] for s in samples],
-        "acc": [bool(s["acc"]) for s in samples],
-        "acc_norm": [bool(s["acc_norm"]) for s in samples],
-    })
+    frame = pd.DataFrame(
+        {
+            "id": [d["id"] for d in docs],
+            "logprobs": [[float(ll) for ll, _ in s["filtered_resps"]] for s in samples],
+            "acc": [bool(s["acc"]) for s in samples],
+            "acc_norm": [bool(s["acc_norm"]) for s in samples],
+        }
+    )
     return frame, result["results"][name]
 
 
-# --- verifiable instructions (IFEval style) --------------------------------------------
+# --- verifiable instructions (IFEval style) -------------------------------------------
 
 
 def _words(text: str) -> list[str]:
@@ -203,13 +234,19 @@ def _count_word(text: str, word: str) -> int:
 
 def _relation(count: int, relation: str, n: int) -> bool:
     if relation not in ("at least", "at most", "exactly"):
-        raise ValueError(f"relation must be 'at least', 'at most' or 'exactly', not {relation!r}")
-    return {"at least": count >= n, "at most": count <= n, "exactly": count == n}[relation]
+        raise ValueError(
+            f"relation must be 'at least', 'at most' or 'exactly', not {relation!r}"
+        )
+    return {"at least": count >= n, "at most": count <= n, "exactly": count == n}[
+        relation
+    ]
 
 
 def _json_body(reply: str) -> str:
     body = reply.strip()
-    fence = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", body, flags=re.DOTALL | re.IGNORECASE)
+    fence = re.fullmatch(
+        r"```(?:json)?\s*(.*?)\s*```", body, flags=re.DOTALL | re.IGNORECASE
+    )
     return fence.group(1) if fence else body
 
 
@@ -246,14 +283,16 @@ CHECKS: dict[str, tuple[str, Callable[..., bool]]] = {
     ),
     "frequency": (
         "Use the word '{word}' {relation} {n} times.",
-        lambda reply, word, relation, n: _relation(_count_word(reply, word), relation, n),
+        lambda reply, word, relation, n: _relation(
+            _count_word(reply, word), relation, n
+        ),
     ),
     "json": (
         'Wrap your entire answer in JSON, for example {{"answer": "..."}}.',
         lambda reply: _is_json(reply),
     ),
     "bullets": (
-        "Answer with exactly {n} bullet points, each on its own line starting with '* '.",
+        "Answer as exactly {n} bullet points, one per line, each starting with '* '.",
         lambda reply, n: _bullets(reply) == n,
     ),
     "lowercase": (
@@ -265,7 +304,7 @@ CHECKS: dict[str, tuple[str, Callable[..., bool]]] = {
         lambda reply: bool(re.search(r"[A-Z]", reply)) and reply == reply.upper(),
     ),
     "end_phrase": (
-        "End your answer with the exact phrase '{phrase}'. No other words should follow.",
+        "End your answer with the exact phrase '{phrase}', with nothing after it.",
         lambda reply, phrase: reply.strip().lower().endswith(phrase.lower()),
     ),
 }
@@ -279,8 +318,9 @@ def _loose_variants(reply: str) -> list[str]:
     return [v for cut in cuts for v in (cut, cut.replace("*", "")) if v.strip()]
 
 
-def follows(reply: str | None, check: str, kwargs: dict | None = None, *,
-            loose: bool = False) -> bool:
+def follows(
+    reply: str | None, check: str, kwargs: dict | None = None, *, loose: bool = False
+) -> bool:
     """Whether ``reply`` follows the instruction ``check`` of :data:`CHECKS` with
     ``kwargs``; ``loose`` also accepts IFEval's loose variants of the reply."""
     if check not in CHECKS:
@@ -293,11 +333,15 @@ def follows(reply: str | None, check: str, kwargs: dict | None = None, *,
 
 
 _WORDS = ("river", "light", "garden", "music", "winter", "friend", "window", "paper")
-_PHRASES = ("Is there anything else I can help with?", "That is all.", "Have a nice day!")
+_PHRASES = (
+    "Is there anything else I can help with?",
+    "That is all.",
+    "Have a nice day!",
+)
 
 
 def _random_kwargs(check: str, rng: np.random.Generator) -> dict:
-    pick = lambda seq: seq[int(rng.integers(len(seq)))]  # noqa: E731
+    pick = lambda seq: seq[int(rng.integers(len(seq)))]
     if check == "words":
         return {"relation": "at most", "n": int(pick((15, 20, 30)))}
     if check == "sentences":
@@ -315,19 +359,26 @@ def _random_kwargs(check: str, rng: np.random.Generator) -> dict:
     return {}
 
 
-#: Checks that cannot hold together (a reply cannot be JSON and a bullet list, or end on a
-#: phrase and still be JSON): :func:`instruction_prompts` never pairs them.
-CONFLICTS = ({"json", "bullets"}, {"json", "end_phrase"}, {"json", "sentences"},
-             {"lowercase", "uppercase"}, {"bullets", "sentences"})
+#: Checks that cannot hold together (a reply cannot be JSON and a bullet list, or end
+#: on a phrase and still be JSON): :func:`instruction_prompts` never pairs them.
+CONFLICTS = (
+    {"json", "bullets"},
+    {"json", "end_phrase"},
+    {"json", "sentences"},
+    {"lowercase", "uppercase"},
+    {"bullets", "sentences"},
+)
 
 
-def instruction_prompts(prompts: Sequence[str], *, per_prompt: int = 2,
-                        seed: int = 0) -> list[dict]:
-    """IFEval-style items: each prompt followed by ``per_prompt`` verifiable instructions
-    from :data:`CHECKS` with seeded arguments. The first instruction cycles through the
-    checks (each is used about equally); the others are drawn at random among the checks
-    that do not conflict with those already chosen (:data:`CONFLICTS`). Returns dicts
-    ``prompt`` and ``instructions`` (a list of ``{"check", "kwargs", "text"}``)."""
+def instruction_prompts(
+    prompts: Sequence[str], *, per_prompt: int = 2, seed: int = 0
+) -> list[dict]:
+    """IFEval-style items: each prompt followed by ``per_prompt`` verifiable
+    instructions from :data:`CHECKS` with seeded arguments. The first instruction cycles
+    through the checks (each is used about equally); the others are drawn at random
+    among the checks that do not conflict with those already chosen
+    (:data:`CONFLICTS`). Returns dicts ``prompt`` and ``instructions`` (a list of
+    ``{"check", "kwargs", "text"}``)."""
     if per_prompt < 1:
         raise ValueError(f"per_prompt must be at least 1, got {per_prompt}")
     rng = np.random.default_rng(seed)
@@ -337,8 +388,11 @@ def instruction_prompts(prompts: Sequence[str], *, per_prompt: int = 2,
     for prompt, first in zip(prompts, firsts):
         chosen = [first]
         while len(chosen) < per_prompt:
-            allowed = [c for c in names if c not in chosen
-                       and not any({c, d} in CONFLICTS for d in chosen)]
+            allowed = [
+                c
+                for c in names
+                if c not in chosen and not any({c, d} in CONFLICTS for d in chosen)
+            ]
             chosen.append(allowed[int(rng.integers(len(allowed)))])
         instructions = []
         for check in chosen:
@@ -346,8 +400,9 @@ def instruction_prompts(prompts: Sequence[str], *, per_prompt: int = 2,
             text = CHECKS[check][0].format(**kwargs)
             instructions.append({"check": check, "kwargs": kwargs, "text": text})
         body = " ".join(i["text"] for i in instructions)
-        items.append({"prompt": f"{prompt.rstrip()}\n\n{body}",
-                      "instructions": instructions})
+        items.append(
+            {"prompt": f"{prompt.rstrip()}\n\n{body}", "instructions": instructions}
+        )
     return items
 
 
@@ -359,15 +414,21 @@ def instruction_scores(items, replies) -> dict[str, float]:
         raise ValueError(f"{len(items)} items but {len(replies)} replies")
     scores = {}
     for mode in ("strict", "loose"):
-        per_prompt = [[follows(reply, i["check"], i["kwargs"], loose=mode == "loose")
-                       for i in item["instructions"]]
-                      for item, reply in zip(items, replies)]
+        per_prompt = [
+            [
+                follows(reply, i["check"], i["kwargs"], loose=mode == "loose")
+                for i in item["instructions"]
+            ]
+            for item, reply in zip(items, replies)
+        ]
         scores[f"prompt_{mode}"] = float(np.mean([all(p) for p in per_prompt]))
-        scores[f"instruction_{mode}"] = float(np.mean([x for p in per_prompt for x in p]))
+        scores[f"instruction_{mode}"] = float(
+            np.mean([x for p in per_prompt for x in p])
+        )
     return scores
 
 
-# --- a model as judge ------------------------------------------------------------------
+# --- a model as judge -----------------------------------------------------------------
 
 JUDGE_TEMPLATE = (
     "Here is a message and two possible replies to it.\n\n"
@@ -378,7 +439,9 @@ JUDGE_TEMPLATE = (
 
 def judge_prompt(question: str, a: str, b: str) -> list[dict]:
     """The pairwise-judge conversation: a message, replies A and B, asked for A or B."""
-    return [{"role": "user", "content": JUDGE_TEMPLATE.format(question=question, a=a, b=b)}]
+    return [
+        {"role": "user", "content": JUDGE_TEMPLATE.format(question=question, a=a, b=b)}
+    ]
 
 
 def judge_pairs(model, tokenizer, pairs, *, progress: bool = False):
@@ -398,19 +461,33 @@ def judge_pairs(model, tokenizer, pairs, *, progress: bool = False):
     ):
         for better_first in (True, False):
             a, b = (better, worse) if better_first else (worse, better)
-            messages = [*judge_prompt(question, a, b), {"role": "assistant", "content": ""}]
-            encoded = [encode_pair(tokenizer, *answer_continuation(tokenizer, messages, x))
-                       for x in ("A", "B")]
-            la, lb = continuation_logprobs(model, encoded[0][0], [e[1] for e in encoded])
+            messages = [
+                *judge_prompt(question, a, b),
+                {"role": "assistant", "content": ""},
+            ]
+            encoded = [
+                encode_pair(tokenizer, *answer_continuation(tokenizer, messages, x))
+                for x in ("A", "B")
+            ]
+            la, lb = continuation_logprobs(
+                model, encoded[0][0], [e[1] for e in encoded]
+            )
             verdict = "A" if la >= lb else "B"
-            rows.append({"pair": index, "better_first": better_first, "verdict": verdict,
-                         "margin": la - lb, "picked_first": verdict == "A",
-                         "correct": (verdict == "A") == better_first})
+            rows.append(
+                {
+                    "pair": index,
+                    "better_first": better_first,
+                    "verdict": verdict,
+                    "margin": la - lb,
+                    "picked_first": verdict == "A",
+                    "correct": (verdict == "A") == better_first,
+                }
+            )
     model.train(was_training)
     return pd.DataFrame(rows)
 
 
-# --- statistics ------------------------------------------------------------------------
+# --- statistics -----------------------------------------------------------------------
 
 
 def items_for_halfwidth(halfwidth: float, p: float = 0.5, *, z: float = 1.96) -> int:
@@ -440,3 +517,29 @@ def word_ngrams(text: str, n: int = 13) -> set[str]:
     contamination probe: long enough that a shared one is almost never chance)."""
     words = re.findall(r"[a-z0-9']+", text.lower())
     return {" ".join(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+@torch.no_grad()
+def continuation_match(model, tokenizer, texts, *, prefix: int = 32, suffix: int = 16):
+    """A memorisation probe: for each text, greedy decoding continues its first
+    ``prefix`` tokens for ``suffix`` tokens; returns, per text, the share of those
+    tokens that equal the text's own next tokens, position by position (1.0: the text
+    is reproduced verbatim). Texts shorter than ``prefix + suffix`` tokens get NaN."""
+    encoded = [tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts]
+    keep = [i for i, ids in enumerate(encoded) if len(ids) >= prefix + suffix]
+    scores = np.full(len(encoded), np.nan)
+    if not keep:
+        return scores
+    device = next(model.parameters()).device
+    heads = torch.tensor([encoded[i][:prefix] for i in keep], device=device)
+    truth = torch.tensor([encoded[i][prefix : prefix + suffix] for i in keep])
+    out = model.generate(
+        heads,
+        attention_mask=torch.ones_like(heads),
+        max_new_tokens=suffix,
+        min_new_tokens=suffix,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id or 0,
+    )
+    scores[keep] = (out[:, prefix:].cpu() == truth).float().mean(dim=1).numpy()
+    return scores

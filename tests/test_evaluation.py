@@ -1,6 +1,6 @@
-"""Tests for book_utils.evaluation: log-likelihood scoring against a brute-force reference,
-lm-eval's per-item choices, every IFEval-style check on passing and failing replies, the
-judge's bookkeeping, and the statistics against scipy."""
+"""Tests for book_utils.evaluation: log-likelihood scoring against a brute-force
+reference, lm-eval's per-item choices, every IFEval-style check on passing and failing
+replies, the judge's bookkeeping, and the statistics against scipy."""
 
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from scipy import stats
 from book_utils import evaluation as ev
 from book_utils.tokenization import train_bpe_tokenizer
 
-TEXT = "the dress is lovely and the fit is great. the fabric is poor and it runs small. " * 20
+TEXT = (
+    "the dress is lovely and the fit is great. the fabric is poor and it runs small. "
+    * 20
+)
 
 
 @pytest.fixture(scope="module")
@@ -20,28 +23,48 @@ def tokenizer():
     return train_bpe_tokenizer([TEXT], vocab_size=300)
 
 
-@pytest.fixture(scope="module")
-def model(tokenizer):
+def tiny_llama(tokenizer, width=32, kv_heads=1):
+    """A 2-layer random Llama over ``tokenizer`` (seeded)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1,
-                         max_position_embeddings=256, tie_word_embeddings=True,
-                         eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id)
-    return LlamaForCausalLM(config).eval()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=width,
+        intermediate_size=2 * width,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=kv_heads,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(config)
+
+
+@pytest.fixture(scope="module")
+def model(tokenizer):
+    return tiny_llama(tokenizer).eval()
 
 
 def record(i, text, task="sentiment", answer="positive"):
-    return {"id": f"r{i}", "task": task,
-            "messages": [{"role": "user", "content": f"Review: {text}\nSentiment?"},
-                         {"role": "assistant", "content": answer}],
-            "answer": answer}
+    return {
+        "id": f"r{i}",
+        "task": task,
+        "messages": [
+            {"role": "user", "content": f"Review: {text}\nSentiment?"},
+            {"role": "assistant", "content": answer},
+        ],
+        "answer": answer,
+    }
 
 
-RECORDS = [record(0, "the dress is lovely"), record(1, "it runs small", answer="negative"),
-           record(2, "the fit is great", task="rating", answer="4")]
+RECORDS = [
+    record(0, "the dress is lovely"),
+    record(1, "it runs small", answer="negative"),
+    record(2, "the fit is great", task="rating", answer="4"),
+]
 
 
 def brute_force(model, context, continuation):
@@ -64,15 +87,21 @@ def test_encode_pair_moves_trailing_whitespace_and_splits_the_whole(tokenizer):
 
 def test_continuation_logprobs_equal_brute_force(model, tokenizer):
     context = tokenizer("the fit is", add_special_tokens=False)["input_ids"]
-    conts = [tokenizer(t, add_special_tokens=False)["input_ids"]
-             for t in (" great", " poor and it runs small", " lovely.")]
+    conts = [
+        tokenizer(t, add_special_tokens=False)["input_ids"]
+        for t in (" great", " poor and it runs small", " lovely.")
+    ]
     assert len({len(c) for c in conts}) > 1  # padding is exercised
     got = ev.continuation_logprobs(model, context, conts)
     want = [brute_force(model, context, c) for c in conts]
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
     single = ev.continuation_logprobs(model, context, [c[:1] for c in conts])
-    np.testing.assert_allclose(single, [brute_force(model, context, c[:1]) for c in conts],
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(
+        single,
+        [brute_force(model, context, c[:1]) for c in conts],
+        rtol=1e-4,
+        atol=1e-4,
+    )
     with pytest.raises(ValueError, match="non-empty"):
         ev.continuation_logprobs(model, context, [[]])
 
@@ -90,7 +119,8 @@ def test_score_choices_picks_the_most_likely_option(model, tokenizer):
     assert prompt.endswith("assistant\n") and cont == "positive<|im_end|>"
     context, tokens = ev.encode_pair(tokenizer, prompt, cont)
     assert frame["logprobs"].iloc[0][0] == pytest.approx(
-        brute_force(model, context, tokens), abs=1e-4)
+        brute_force(model, context, tokens), abs=1e-4
+    )
 
 
 def test_lm_eval_makes_the_same_choices(model, tokenizer, tmp_path):
@@ -104,20 +134,31 @@ def test_lm_eval_makes_the_same_choices(model, tokenizer, tmp_path):
 
 
 PASS_FAIL = {
-    ("words", (("relation", "at most"), ("n", 5))): ("Short and sweet, really.",
-                                                     "This reply has far more than five words."),
-    ("sentences", (("relation", "exactly"), ("n", 2))): ("One here. Two there!",
-                                                         "Only one sentence here."),
-    ("include", (("word", "garden"),)): ("My garden is green.", "My gardens are green."),
+    ("words", (("relation", "at most"), ("n", 5))): (
+        "Short and sweet, really.",
+        "This reply has far more than five words.",
+    ),
+    ("sentences", (("relation", "exactly"), ("n", 2))): (
+        "One here. Two there!",
+        "Only one sentence here.",
+    ),
+    ("include", (("word", "garden"),)): (
+        "My garden is green.",
+        "My gardens are green.",
+    ),
     ("forbidden", (("a", "the"), ("b", "is"))): ("A cat sat.", "The cat sat."),
     ("frequency", (("word", "river"), ("relation", "at least"), ("n", 2))): (
-        "River after river.", "One river only."),
+        "River after river.",
+        "One river only.",
+    ),
     ("json", ()): ('```json\n{"answer": "yes"}\n```', "answer: yes"),
     ("bullets", (("n", 2),)): ("* one\n* two", "* one\n* two\n* three"),
     ("lowercase", ()): ("all small here.", "Not all small."),
     ("uppercase", ()): ("ALL CAPS HERE.", "MOSTLY caps."),
-    ("end_phrase", (("phrase", "That is all."),)): ("Done. That is all.",
-                                                     "That is all. More words."),
+    ("end_phrase", (("phrase", "That is all."),)): (
+        "Done. That is all.",
+        "That is all. More words.",
+    ),
 }
 
 
@@ -152,7 +193,9 @@ def test_instruction_prompts_cycle_checks_avoid_conflicts_and_reproduce():
         checks = [i["check"] for i in item["instructions"]]
         assert len(set(checks)) == 2
         assert not any(set(pair) in ev.CONFLICTS for pair in [checks])
-        assert item["prompt"].endswith(" ".join(i["text"] for i in item["instructions"]))
+        assert item["prompt"].endswith(
+            " ".join(i["text"] for i in item["instructions"])
+        )
     assert items == ev.instruction_prompts(prompts, seed=1)
     assert items != ev.instruction_prompts(prompts, seed=2)
     with pytest.raises(ValueError, match="per_prompt"):
@@ -160,10 +203,20 @@ def test_instruction_prompts_cycle_checks_avoid_conflicts_and_reproduce():
 
 
 def test_instruction_scores_prompt_and_instruction_level():
-    items = [{"instructions": [{"check": "lowercase", "kwargs": {}},
-                               {"check": "words", "kwargs": {"relation": "at most", "n": 3}}]},
-             {"instructions": [{"check": "json", "kwargs": {}},
-                               {"check": "include", "kwargs": {"word": "yes"}}]}]
+    items = [
+        {
+            "instructions": [
+                {"check": "lowercase", "kwargs": {}},
+                {"check": "words", "kwargs": {"relation": "at most", "n": 3}},
+            ]
+        },
+        {
+            "instructions": [
+                {"check": "json", "kwargs": {}},
+                {"check": "include", "kwargs": {"word": "yes"}},
+            ]
+        },
+    ]
     replies = ["Sure:\nyes it is", '{"a": "yes"}']
     scores = ev.instruction_scores(items, replies)
     # strict: reply 1 fails lowercase and words; reply 2 passes both
@@ -175,8 +228,10 @@ def test_instruction_scores_prompt_and_instruction_level():
 
 
 def test_judge_pairs_scores_both_orders(model, tokenizer):
-    pairs = [("how are you?", "fine, thanks.", "dress dress dress"),
-             ("what is this?", "a dress.", "the the the")]
+    pairs = [
+        ("how are you?", "fine, thanks.", "dress dress dress"),
+        ("what is this?", "a dress.", "the the the"),
+    ]
     frame = ev.judge_pairs(model, tokenizer, pairs)
     assert len(frame) == 4 and frame["better_first"].tolist() == [True, False] * 2
     assert (frame["picked_first"] == (frame["verdict"] == "A")).all()
@@ -196,7 +251,9 @@ def test_mcnemar_matches_scipy_binomial_test(seed):
     rng = np.random.default_rng(seed)
     a, b = rng.random(60) < 0.6, rng.random(60) < 0.45
     result = ev.mcnemar_exact(a, b)
-    assert result["a_only"] == int(np.sum(a & ~b)) and result["b_only"] == int(np.sum(~a & b))
+    assert result["a_only"] == int(np.sum(a & ~b)) and result["b_only"] == int(
+        np.sum(~a & b)
+    )
     n = result["a_only"] + result["b_only"]
     want = stats.binomtest(result["a_only"], n, 0.5).pvalue
     assert result["p_value"] == pytest.approx(want)
@@ -213,3 +270,23 @@ def test_word_ngrams():
     grams = ev.word_ngrams("The cat sat on the mat", n=3)
     assert grams == {"the cat sat", "cat sat on", "sat on the", "on the mat"}
     assert ev.word_ngrams("too short", n=3) == set()
+
+
+def test_continuation_match_finds_a_memorised_text(tokenizer):
+    model = tiny_llama(tokenizer, width=64, kv_heads=2)
+    seen = "the fabric is poor and it runs small. the dress is lovely and the fit is great."
+    other = (
+        "great fit. lovely fabric. the dress runs small and it is poor. small, poor."
+    )
+    ids = torch.tensor([tokenizer(seen, add_special_tokens=False)["input_ids"]])
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(60):  # memorise one text
+        optimizer.zero_grad()
+        model(ids, labels=ids).loss.backward()
+        optimizer.step()
+    model.eval()
+    n = ids.shape[1]
+    scores = ev.continuation_match(
+        model, tokenizer, [seen, other, "too short"], prefix=n // 2, suffix=n - n // 2
+    )
+    assert scores[0] == 1.0 and scores[1] < 0.5 and np.isnan(scores[2])
