@@ -20,6 +20,7 @@ raw text. This module holds everything chapter 3, "Causal-LM pretraining", needs
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import math
@@ -685,6 +686,29 @@ def new_history() -> dict:
     }
 
 
+def train_step(
+    net, x, optimizer, scheduler, grad_clip: float, *, autocast=None, scaler=None
+):
+    """One optimizer step of next-token training on the token blocks ``x``: forward
+    (``labels=input_ids``: the model shifts them by one), backward, gradient clipping,
+    AdamW step, learning-rate schedule step. ``net`` is the model, or the model wrapped
+    in ``DistributedDataParallel``, whose backward also averages the gradients across
+    processes. Returns ``(loss, gradient norm before clipping, learning rate)``."""
+    autocast = autocast or contextlib.nullcontext()
+    scaler = scaler or torch.amp.GradScaler(enabled=False)  # fp16 needs a real one
+    with autocast:
+        loss = net(input_ids=x, labels=x, use_cache=False).loss
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+    grad_norm = torch.nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    lr = optimizer.param_groups[0]["lr"]
+    scaler.step(optimizer)  # with scaling off (fp32, bf16): optimizer.step()
+    scaler.update()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.item(), float(grad_norm), lr
+
+
 def train(
     model,
     data,
@@ -774,26 +798,22 @@ def train(
         evaluate(0)
     bar = tqdm(total=cfg.max_steps, initial=start, desc=desc, disable=not progress or rank != 0, leave=False)
     last = cfg.max_steps if stop_after is None else min(cfg.max_steps, stop_after)
+    # the loop (chapter 3.2 shows it from here)
     for step in range(start, last):
         began = time.perf_counter()
         idx = batch_indices(n_blocks, cfg.batch_size, step, cfg.seed, rank, world)
-        x = blocks[idx].to(device)
-        with autocast:
-            loss = net(input_ids=x, labels=x, use_cache=False).loss
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        lr = optimizer.param_groups[0]["lr"]
-        scaler.step(optimizer)  # with scaling off (fp32, bf16): optimizer.step()
-        scaler.update()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        loss_value = loss.item()
+        x = blocks[idx].to(device)  # this process's share of the global batch
+        loss_value, grad_norm, lr = train_step(
+            net, x, optimizer, scheduler, cfg.grad_clip, autocast=autocast,
+            scaler=scaler,
+        )
         if world > 1:
             loss_value = _all_reduce_sum([loss_value], device)[0] / world
         history["train_seconds"] += time.perf_counter() - began
         history["tokens"] += cfg.batch_size * x.shape[1]
-        for key, value in (("step", step + 1), ("lr", lr), ("train_loss", loss_value), ("grad_norm", float(grad_norm))):
+        record = {"step": step + 1, "lr": lr, "train_loss": loss_value,
+                  "grad_norm": grad_norm}
+        for key, value in record.items():
             history[key].append(value)
         bar.update(1)
         bar.set_postfix(loss=f"{loss_value:.3f}", lr=f"{lr:.2e}")
@@ -802,13 +822,16 @@ def train(
             break
         if done % cfg.eval_every == 0 or done == cfg.max_steps:
             evaluate(done)
-        if checkpoint_dir is not None and (done % cfg.checkpoint_every == 0 or done == cfg.max_steps):
+        due = done % cfg.checkpoint_every == 0 or done == cfg.max_steps
+        if checkpoint_dir is not None and due:
             if rank == 0:
-                save_checkpoint(checkpoint_dir, model, optimizer, scheduler, done, history, cfg)
+                state = (model, optimizer, scheduler, done, history, cfg)
+                save_checkpoint(checkpoint_dir, *state)
             if world > 1:
                 torch.distributed.barrier()
         if on_step is not None:
             on_step(done, history)
+    # (to here)
     bar.close()
     model.eval()
     return history
