@@ -1,6 +1,6 @@
 # The book's commands. On a fresh machine:
 #   make book     # set up everything (venv, pinned packages, offline assets) and build the site   (minutes)
-#   make test     # unit tests, every notebook in the ci profile (nbval), the built site in headless Chromium
+#   make test     # unit tests, ruff, every notebook in the ci profile (nbval), the site in Chromium
 #   make refresh  # re-execute every notebook in the full profile and store the outputs            (slow on CPU)
 PYTHON ?= python3
 VENV   ?= .venv

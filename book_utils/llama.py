@@ -1,11 +1,11 @@
-"""Our own Llama, in one readable file (nanoGPT-style): the decoder of SmolLM2 and Llama.
+"""Our own Llama in one readable file (nanoGPT-style): the decoder of SmolLM2 and Llama.
 
-Chapter 2.2 teaches its pieces (RMSNorm, rotary position embeddings, grouped-query
-attention, SwiGLU, a tied LM head) and chapter 5.1 its KV cache. The modules carry the
-names of ``transformers``' ``LlamaForCausalLM`` (``model.layers.0.self_attn.q_proj``...),
-so a Hugging Face checkpoint loads with ``load_state_dict(strict=True)`` and no renaming:
-:func:`from_hf` copies SmolLM2-135M's real weights in, and the book checks that the logits
-and greedy tokens match ``LlamaForCausalLM``'s.
+Its pieces are the ones chapter 3.2 describes: RMSNorm, rotary position embeddings,
+grouped-query attention, the SwiGLU MLP and an LM head tied to the embedding; chapter
+5.1 shows its KV cache. The modules carry the names of ``transformers``'
+``LlamaForCausalLM`` (``model.layers.0.self_attn.q_proj``, ...), so a Hugging Face
+checkpoint loads without renaming: :func:`from_hf` copies SmolLM2-135M's real weights
+in, and chapter 5.1 checks that its logits and greedy tokens are ``LlamaForCausalLM``'s.
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ class LlamaConfig:
     def __post_init__(self):
         if self.dim % self.n_heads or self.n_heads % self.n_kv_heads:
             raise ValueError(
-                f"dim ({self.dim}) must divide into n_heads ({self.n_heads}) heads, and "
-                f"n_heads into n_kv_heads ({self.n_kv_heads}) groups"
+                f"dim ({self.dim}) must split into n_heads ({self.n_heads}) heads "
+                f"and n_heads into n_kv_heads ({self.n_kv_heads}) groups"
             )
 
     @property
@@ -68,7 +68,8 @@ def rope_cos_sin(head_dim: int, positions, theta: float):
 
 
 def apply_rope(x, cos, sin):
-    """Rotate each pair (x_i, x_{i+d/2}) of ``x`` (batch, heads, time, d) by its angle."""
+    """Rotate each pair (x_i, x_{i+d/2}) of ``x`` (batch, heads, time, d) by its
+    angle."""
     first, second = x.chunk(2, dim=-1)
     rotated = torch.cat([-second, first], dim=-1)
     return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)

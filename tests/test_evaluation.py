@@ -274,7 +274,9 @@ def test_word_ngrams():
 
 def test_continuation_match_finds_a_memorised_text(tokenizer):
     model = tiny_llama(tokenizer, width=64, kv_heads=2)
-    seen = "the fabric is poor and it runs small. the dress is lovely and the fit is great."
+    seen = (
+        "the fabric is poor and it runs small. the dress is lovely and the fit is good"
+    )
     other = (
         "great fit. lovely fabric. the dress runs small and it is poor. small, poor."
     )
