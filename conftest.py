@@ -1,6 +1,7 @@
 """Pytest plumbing shared by the unit tests, nbval notebook runs and the site test.
 
-At the end of a run it prints how long each notebook took to execute (CI's notebook timing table).
+At the end of a run it prints how long each notebook took to execute (CI's notebook
+timing table).
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ def pytest_terminal_summary(terminalreporter):
     for path, seconds in _notebook_seconds.items():
         status = "FAILED" if path in _notebook_failed else "ok"
         terminalreporter.write_line(f"{path:<{width}}  {seconds:7.1f} s  {status}")
-    terminalreporter.write_line(f"{'total':<{width}}  {sum(_notebook_seconds.values()):7.1f} s")
+    terminalreporter.write_line(
+        f"{'total':<{width}}  {sum(_notebook_seconds.values()):7.1f} s"
+    )
 
 
 def pytest_ignore_collect(collection_path: Path, config):

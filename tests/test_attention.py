@@ -28,7 +28,11 @@ SHAPES = [  # (batch, heads, n_q, n_k, d_k, d_v)
 
 def _qkv(b, h, nq, nk, dk, dv, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(b, h, nq, dk, generator=g), torch.randn(b, h, nk, dk, generator=g), torch.randn(b, h, nk, dv, generator=g))
+    return (
+        torch.randn(b, h, nq, dk, generator=g),
+        torch.randn(b, h, nk, dk, generator=g),
+        torch.randn(b, h, nk, dv, generator=g),
+    )
 
 
 def _right_padding(b, n, seed=0):
@@ -80,11 +84,19 @@ def test_float_mask_and_broadcast_heads():
     additive = torch.zeros(6, 6).masked_fill(~causal_mask(6), float("-inf"))
     out, _ = scaled_dot_product_attention(q, k, v, attn_mask=additive)
     assert_close(out, F.scaled_dot_product_attention(q, k, v, is_causal=True))
-    bias = torch.randn(1, 4, 6, 6)  # a float bias, e.g. ALiBi-like, broadcast over batch
-    assert_close(scaled_dot_product_attention(q, k, v, attn_mask=bias)[0], F.scaled_dot_product_attention(q, k, v, attn_mask=bias))
+    bias = torch.randn(
+        1, 4, 6, 6
+    )  # a float bias, e.g. ALiBi-like, broadcast over batch
+    assert_close(
+        scaled_dot_product_attention(q, k, v, attn_mask=bias)[0],
+        F.scaled_dot_product_attention(q, k, v, attn_mask=bias),
+    )
     # k, v shared across heads broadcast against q's heads
     out3, _ = scaled_dot_product_attention(q, k[:, :1], v[:, :1])
-    assert_close(out3, F.scaled_dot_product_attention(q, k[:, :1].expand_as(k), v[:, :1].expand_as(v)))
+    assert_close(
+        out3,
+        F.scaled_dot_product_attention(q, k[:, :1].expand_as(k), v[:, :1].expand_as(v)),
+    )
 
 
 def test_weights_formula_and_scaling():
@@ -97,13 +109,17 @@ def test_weights_formula_and_scaling():
 
 def test_fully_masked_rows():
     q, k, v = _qkv(1, 1, 3, 3, 4, 4)
-    mask = torch.tensor([[False, False, False], [True, False, False], [True, True, True]])
+    mask = torch.tensor(
+        [[False, False, False], [True, False, False], [True, True, True]]
+    )
     with pytest.raises(ValueError, match="every key masked"):
         scaled_dot_product_attention(q, k, v, attn_mask=mask)
     out, w = scaled_dot_product_attention(q, k, v, attn_mask=mask, fully_masked="zero")
     assert torch.all(w[..., 0, :] == 0) and torch.all(out[..., 0, :] == 0)
     assert not torch.isnan(out).any()
-    assert_close(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))  # torch >= 2.5 also gives zeros
+    assert_close(
+        out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    )  # torch >= 2.5 also gives zeros
 
 
 @pytest.mark.parametrize(
@@ -122,13 +138,21 @@ def test_fully_masked_rows():
     ],
 )
 def test_bad_inputs(kwargs, message):
-    args = {"q": torch.randn(2, 3, 4), "k": torch.randn(2, 3, 4), "v": torch.randn(2, 3, 4)} | kwargs
+    args = {
+        "q": torch.randn(2, 3, 4),
+        "k": torch.randn(2, 3, 4),
+        "v": torch.randn(2, 3, 4),
+    } | kwargs
     with pytest.raises(ValueError, match=message):
         scaled_dot_product_attention(**args)
 
 
 def test_masks_and_their_errors():
-    assert causal_mask(3).tolist() == [[True, False, False], [True, True, False], [True, True, True]]
+    assert causal_mask(3).tolist() == [
+        [True, False, False],
+        [True, True, False],
+        [True, True, True],
+    ]
     assert causal_mask(2, 4).shape == (2, 4)
     with pytest.raises(ValueError, match="positive int"):
         causal_mask(0)
@@ -139,7 +163,9 @@ def test_masks_and_their_errors():
         padding_mask(torch.tensor([[1, 2]]))
 
 
-@pytest.mark.parametrize("b, n_q, n_k, d, h", [(2, 5, 5, 16, 4), (3, 4, 7, 24, 3), (1, 1, 6, 8, 1)])
+@pytest.mark.parametrize(
+    "b, n_q, n_k, d, h", [(2, 5, 5, 16, 4), (3, 4, 7, 24, 3), (1, 1, 6, 8, 1)]
+)
 def test_mha_matches_torch(b, n_q, n_k, d, h):
     torch.manual_seed(0)
     theirs = nn.MultiheadAttention(d, h, batch_first=True).eval()
@@ -151,7 +177,8 @@ def test_mha_matches_torch(b, n_q, n_k, d, h):
         ref, ref_w = theirs(x, x, x)
         assert_close(out, ref)
         assert_close(w.mean(1), ref_w)
-        # cross-attention with a key padding mask (torch: True = ignore, the opposite convention)
+        # cross-attention with a key padding mask (torch: True = ignore, the opposite
+        # convention)
         am = _right_padding(b, n_k, seed=7)
         out, _ = ours(x, ctx, attn_mask=padding_mask(am))
         ref, _ = theirs(x, ctx, ctx, key_padding_mask=am == 0)
@@ -177,10 +204,19 @@ def test_mha_bad_inputs():
 def test_attention_cost_rows():
     threads = torch.get_num_threads()
     rows = attention_cost([16, 32], d_k=8, n_heads=2, repeats=1)
-    assert torch.get_num_threads() == threads  # restored after the one-thread measurement
-    assert [(r["n"], r["implementation"]) for r in rows] == [(16, "naive"), (16, "sdpa"), (32, "naive"), (32, "sdpa")]
+    assert (
+        torch.get_num_threads() == threads
+    )  # restored after the one-thread measurement
+    assert [(r["n"], r["implementation"]) for r in rows] == [
+        (16, "naive"),
+        (16, "sdpa"),
+        (32, "naive"),
+        (32, "sdpa"),
+    ]
     naive = [r["bytes"] for r in rows if r["implementation"] == "naive"]
-    assert naive[1] > naive[0] > 2 * 16 * 16 * 4  # at least the (2 heads) 16 x 16 float32 score matrix
+    assert (
+        naive[1] > naive[0] > 2 * 16 * 16 * 4
+    )  # at least the (2 heads) 16 x 16 float32 score matrix
     assert all(r["seconds"] > 0 for r in rows)
     with pytest.raises(ValueError, match="unknown implementations"):
         attention_cost([8], implementations=("flash3",))

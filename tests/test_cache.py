@@ -9,11 +9,15 @@ def isolated_cache(tmp_path, monkeypatch):
 
 
 def test_profiles_never_share_a_folder(tmp_path):
-    assert cache.artifact_dir("base-model", "ci") != cache.artifact_dir("base-model", "full")
+    assert cache.artifact_dir("base-model", "ci") != cache.artifact_dir(
+        "base-model", "full"
+    )
     assert cache.artifact_dir("base-model", "ci").is_relative_to(tmp_path / "cache")
 
 
-@pytest.mark.parametrize("name, profile", [("", "ci"), ("a/b", "ci"), (".hidden", "full"), ("ok", "fast")])
+@pytest.mark.parametrize(
+    "name, profile", [("", "ci"), ("a/b", "ci"), (".hidden", "full"), ("ok", "fast")]
+)
 def test_bad_names_and_profiles_are_rejected(name, profile):
     with pytest.raises(ValueError):
         cache.artifact_dir(name, profile)
@@ -24,7 +28,9 @@ def test_atomic_write_replaces_whole_file(tmp_path):
     cache.atomic_write_text(target, "first\n")
     cache.atomic_write_text(target, "second\n")
     assert target.read_text() == "second\n"
-    assert [p.name for p in tmp_path.iterdir()] == ["data.jsonl"]  # no temporary file left behind
+    assert [p.name for p in tmp_path.iterdir()] == [
+        "data.jsonl"
+    ]  # no temporary file left behind
 
 
 def test_interrupted_build_leaves_nothing_loadable(tmp_path):
@@ -47,7 +53,9 @@ def test_load_or_build_builds_once(tmp_path):
         (folder / "vocab.txt").write_text("a\nb\n")
 
     for _ in range(2):
-        loaded = cache.load_or_build(target, build, lambda folder: (folder / "vocab.txt").read_text())
+        loaded = cache.load_or_build(
+            target, build, lambda folder: (folder / "vocab.txt").read_text()
+        )
     assert loaded == "a\nb\n" and len(calls) == 1 and cache.is_complete(target)
 
 
@@ -55,7 +63,11 @@ def test_a_folder_without_the_marker_is_rebuilt(tmp_path):
     target = tmp_path / "model"
     target.mkdir()
     (target / "weights.safetensors").write_bytes(b"half-written by an older run")
-    cache.load_or_build(target, lambda folder: (folder / "weights.safetensors").write_bytes(b"ok"), lambda f: f)
+    cache.load_or_build(
+        target,
+        lambda folder: (folder / "weights.safetensors").write_bytes(b"ok"),
+        lambda f: f,
+    )
     assert (target / "weights.safetensors").read_bytes() == b"ok"
 
 
@@ -79,9 +91,12 @@ with cache.atomic_dir(Path(sys.argv[1])) as tmp:
 
 
 @pytest.mark.parametrize("kill_at, survivor", [(1, "old"), (2, "old"), (3, "new")])
-def test_a_replace_killed_at_any_rename_leaves_a_complete_version(tmp_path, kill_at, survivor):
-    """A real process is killed (SIGKILL, no cleanup) at each rename of the replace; the folder that a
-    loader then finds is complete, and it is the old version until the new one is fully in place."""
+def test_a_replace_killed_at_any_rename_leaves_a_complete_version(
+    tmp_path, kill_at, survivor
+):
+    """A real process is killed (SIGKILL, no cleanup) at each rename of the replace; the
+    folder that a loader then finds is complete, and it is the old version until the new
+    one is fully in place."""
     import subprocess
     import sys
 
@@ -90,7 +105,9 @@ def test_a_replace_killed_at_any_rename_leaves_a_complete_version(tmp_path, kill
         (tmp / "version.txt").write_text("old")
     script = tmp_path / "kill.py"
     script.write_text(KILL_DURING_REPLACE)
-    done = subprocess.run([sys.executable, str(script), str(target), str(kill_at)], capture_output=True)
+    done = subprocess.run(
+        [sys.executable, str(script), str(target), str(kill_at)], capture_output=True
+    )
     assert done.returncode == (-9 if kill_at <= 2 else 0), done.stderr.decode()[-500:]
     assert cache.is_complete(target)
     assert (target / "version.txt").read_text() == survivor

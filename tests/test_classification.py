@@ -1,4 +1,5 @@
-"""book_utils.classification: task definition, stratified splits, models and baselines (small and fast)."""
+"""book_utils.classification: task definition, stratified splits, models and baselines
+(small and fast)."""
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,9 @@ from book_utils import classification as C
 def reviews(n=60):
     rng = np.random.default_rng(0)
     ratings = rng.choice([1, 2, 3, 4, 5], n, p=[0.1, 0.1, 0.2, 0.3, 0.3])
-    text = [f"review {i} {'great' if r >= 4 else 'awful'}" for i, r in enumerate(ratings)]
+    text = [
+        f"review {i} {'great' if r >= 4 else 'awful'}" for i, r in enumerate(ratings)
+    ]
     text[0], text[1] = None, "   "
     return pd.DataFrame({"Review Text": text, "Rating": ratings, "Title": ["t"] * n})
 
@@ -21,14 +24,18 @@ def test_frame_drops_and_counts_never_mislabels(capsys):
     message = capsys.readouterr().out
     assert "dropped 2 without text" in message
     assert set(out.label) <= {0, 1}
-    assert (out.rating[out.label == 0] <= 2).all() and (out.rating[out.label == 1] >= 4).all()
+    assert (out.rating[out.label == 0] <= 2).all() and (
+        out.rating[out.label == 1] >= 4
+    ).all()
     assert len(out) == len(df) - 2 - int((df.Rating[2:] == 3).sum())
     with pytest.raises(ValueError, match="Review Text"):
         C.review_sentiment_frame(pd.DataFrame({"Rating": [1]}))
 
 
 def test_stratified_splits_keep_balance_and_are_disjoint():
-    frame = pd.DataFrame({"text": [f"t{i}" for i in range(400)], "label": [0] * 80 + [1] * 320})
+    frame = pd.DataFrame(
+        {"text": [f"t{i}" for i in range(400)], "label": [0] * 80 + [1] * 320}
+    )
     dd = C.stratified_splits(frame, validation=0.1, test=0.2, seed=0)
     assert [len(dd[s]) for s in ("train", "validation", "test")] == [280, 40, 80]
     for split in dd.values():
@@ -49,8 +56,14 @@ def test_baselines_and_helpers(tmp_path):
     assert C.steps_for(50, batch_size=16, min_steps=40) == 10.0
     with pytest.raises(ValueError, match="learning_rate"):
         C.training_arguments(tmp_path / "run", learning_rate=3)
-    assert C.training_arguments(tmp_path / "run", warmup_steps=0.1).get_warmup_steps(200) == 20  # a ratio
-    assert C.training_arguments(tmp_path / "run", warmup_steps=30).get_warmup_steps(200) == 30  # a count
+    assert (
+        C.training_arguments(tmp_path / "run", warmup_steps=0.1).get_warmup_steps(200)
+        == 20
+    )  # a ratio
+    assert (
+        C.training_arguments(tmp_path / "run", warmup_steps=30).get_warmup_steps(200)
+        == 30
+    )  # a count
     with pytest.raises(ValueError, match="warmup_steps"):
         C.training_arguments(tmp_path / "run", warmup_steps=1.5)
 
@@ -62,8 +75,12 @@ def test_minilm_classifier_loss_is_cross_entropy_and_scratch_differs():
     tokenizer, model = C.load_classifier()
     _, scratch = C.load_classifier(pretrained=False)
     a = model.bert.encoder.layer[0].attention.self.query.weight
-    assert not torch.allclose(a, scratch.bert.encoder.layer[0].attention.self.query.weight)
-    batch = tokenizer(["lovely dress", "too small, returned"], padding=True, return_tensors="pt")
+    assert not torch.allclose(
+        a, scratch.bert.encoder.layer[0].attention.self.query.weight
+    )
+    batch = tokenizer(
+        ["lovely dress", "too small, returned"], padding=True, return_tensors="pt"
+    )
     y = torch.tensor([1, 0])
     out = model(**batch, labels=y)
     torch.testing.assert_close(out.loss, F.cross_entropy(out.logits, y))
@@ -80,16 +97,29 @@ def test_unknown_model_name_gives_clear_message(monkeypatch):
 def test_shakespeare_names_and_alignment():
     from collections import Counter
 
-    play = "HELENA.\nO Bertram, my Bertram's love.\n\nCOUNTESS.\nGo, Helena BERTRAM.\n[Exit COUNTESS.]\n"
+    play = (
+        "HELENA.\nO Bertram, my Bertram's love.\n\n"
+        "COUNTESS.\nGo, Helena BERTRAM.\n[Exit COUNTESS.]\n"
+    )
     counts = Counter({"countess": 10, "helena": 0})
     names = C.cast_names(play + "BERTRAM.\nHi.\n", corpus_lower_counts=counts)
     assert names == {"Helena", "Bertram"}
     lines = C.name_tagged_lines(play, names)
-    assert lines[0] == (["O", "Bertram", ",", "my", "Bertram's", "love", "."], ["O", "B-PER", "O", "O", "B-PER", "O", "O"])
+    assert lines[0] == (
+        ["O", "Bertram", ",", "my", "Bertram's", "love", "."],
+        ["O", "B-PER", "O", "O", "B-PER", "O", "O"],
+    )
     assert lines[1][1] == ["O", "O", "B-PER", "I-PER", "O"] and len(lines) == 2
     word_ids = [None, 0, 1, 1, 2, None]
     assert C.align_labels(word_ids, [0, 1, 0]) == [-100, 0, 1, -100, 0, -100]
-    assert C.align_labels(word_ids, [0, 1, 0], label_all_pieces=True) == [-100, 0, 1, 2, 0, -100]
+    assert C.align_labels(word_ids, [0, 1, 0], label_all_pieces=True) == [
+        -100,
+        0,
+        1,
+        2,
+        0,
+        -100,
+    ]
     assert C.word_predictions(word_ids, [0, 0, 1, 2, 0, 0]) == [0, 1, 0]
     with pytest.raises(ValueError, match="out of range"):
         C.align_labels([0, 3], [0, 1])
@@ -101,9 +131,19 @@ def test_predict_logits_keeps_dataset_order():
     from transformers import DataCollatorWithPadding
 
     tokenizer, model = C.load_classifier()
-    texts = ["a much longer review text than the others, about a dress", "short", "medium length text"]
-    ds = Dataset.from_dict({"text": texts}).map(lambda b: tokenizer(b["text"]), batched=True)
-    logits = C.predict_logits(model, ds, DataCollatorWithPadding(tokenizer), batch_size=2)
+    texts = [
+        "a much longer review text than the others, about a dress",
+        "short",
+        "medium length text",
+    ]
+    ds = Dataset.from_dict({"text": texts}).map(
+        lambda b: tokenizer(b["text"]), batched=True
+    )
+    logits = C.predict_logits(
+        model, ds, DataCollatorWithPadding(tokenizer), batch_size=2
+    )
     with torch.no_grad():
-        one_by_one = [model(**tokenizer(t, return_tensors="pt")).logits[0].numpy() for t in texts]
+        one_by_one = [
+            model(**tokenizer(t, return_tensors="pt")).logits[0].numpy() for t in texts
+        ]
     np.testing.assert_allclose(logits, np.stack(one_by_one), atol=1e-4)

@@ -1,4 +1,5 @@
-"""Tests of book_utils.decoding: every strategy matches model.generate token for token (chapter 5)."""
+"""Tests of book_utils.decoding: every strategy matches model.generate token for token
+(chapter 5)."""
 
 import pytest
 import torch
@@ -11,8 +12,15 @@ from book_utils import decoding as dec
 def tiny():
     torch.manual_seed(0)
     cfg = LlamaConfig(
-        vocab_size=50, hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=1, max_position_embeddings=64, eos_token_id=3, pad_token_id=0,
+        vocab_size=50,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=64,
+        eos_token_id=3,
+        pad_token_id=0,
     )
     return LlamaForCausalLM(cfg).eval()
 
@@ -23,7 +31,13 @@ STRATEGIES = [
     dec.DecodingConfig(do_sample=True),
     dec.DecodingConfig(do_sample=True, temperature=0.7, top_k=5),
     dec.DecodingConfig(do_sample=True, temperature=1.3, top_p=0.8),
-    dec.DecodingConfig(do_sample=True, top_k=10, top_p=0.9, repetition_penalty=1.2, no_repeat_ngram_size=3),
+    dec.DecodingConfig(
+        do_sample=True,
+        top_k=10,
+        top_p=0.9,
+        repetition_penalty=1.2,
+        no_repeat_ngram_size=3,
+    ),
 ]
 
 
@@ -33,10 +47,17 @@ def test_matches_generate_token_for_token(tiny, cfg):
     mask = (ids != 0).long()
     for seed in (0, 1):
         torch.manual_seed(seed)
-        ours = dec.generate(tiny, ids, 12, cfg, attention_mask=mask, eos_token_id=3, pad_token_id=0)
+        ours = dec.generate(
+            tiny, ids, 12, cfg, attention_mask=mask, eos_token_id=3, pad_token_id=0
+        )
         torch.manual_seed(seed)
         theirs = tiny.generate(
-            input_ids=ids, attention_mask=mask, max_new_tokens=12, eos_token_id=3, pad_token_id=0, **cfg.generate_kwargs()
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=12,
+            eos_token_id=3,
+            pad_token_id=0,
+            **cfg.generate_kwargs(),
         )
         assert ours.tolist() == theirs.tolist()
 
@@ -53,7 +74,9 @@ def test_processors():
     out = dec.apply_repetition_penalty(scores, torch.tensor([[0, 1]]), 2.0)
     torch.testing.assert_close(out, torch.tensor([[1.0, -2.0, 0.5, 0.0]]))
     assert dec.top_k_filter(scores, 2).isinf().tolist() == [[False, True, False, True]]
-    kept = ~dec.top_p_filter(torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])), 0.75).isinf()
+    kept = ~dec.top_p_filter(
+        torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])), 0.75
+    ).isinf()
     assert kept.tolist() == [[True, True, False, False]]
     banned = dec.ban_repeated_ngrams(torch.zeros(1, 5), torch.tensor([[1, 2, 4, 1]]), 2)
     assert banned.isinf().tolist() == [[False, False, True, False, False]]
@@ -85,7 +108,9 @@ def test_toy_cache_equals_full_attention():
 
 def test_kv_cache_bytes_equals_the_cache_transformers_builds(tiny):
     with torch.no_grad():
-        cache = tiny(input_ids=torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]), use_cache=True).past_key_values
+        cache = tiny(
+            input_ids=torch.tensor([[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]]), use_cache=True
+        ).past_key_values
     tensors = [t for layer in cache.layers for t in (layer.keys, layer.values)]
     measured = sum(t.numel() * t.element_size() for t in tensors)
     assert dec.kv_cache_bytes(tiny.config, 10) == measured
@@ -98,18 +123,30 @@ def test_deadline(tiny):
 
 
 def test_several_stop_ids_match_generate(tiny):
-    """A chat model ends its turn at <|im_end|> or eos: a list of stop ids behaves as in ``model.generate``."""
+    """A chat model ends its turn at <|im_end|> or eos: a list of stop ids behaves as in
+    ``model.generate``."""
     ids = torch.tensor([[5, 6, 7, 8], [0, 0, 9, 10]])
     mask = (ids != 0).long()
     cfg = dec.DecodingConfig(do_sample=True)
     plain = dec.generate(tiny, ids, 12, cfg, attention_mask=mask)
-    stops = [int(plain[0, 5]), 3]  # the second token the first row generates becomes a stop token
+    stops = [
+        int(plain[0, 5]),
+        3,
+    ]  # the second token the first row generates becomes a stop token
     for seed in (0, 1):
         torch.manual_seed(seed)
-        ours = dec.generate(tiny, ids, 12, cfg, attention_mask=mask, eos_token_id=stops, pad_token_id=0)
+        ours = dec.generate(
+            tiny, ids, 12, cfg, attention_mask=mask, eos_token_id=stops, pad_token_id=0
+        )
         torch.manual_seed(seed)
-        theirs = tiny.generate(input_ids=ids, attention_mask=mask, max_new_tokens=12, eos_token_id=stops, pad_token_id=0,
-                               **cfg.generate_kwargs())
+        theirs = tiny.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            max_new_tokens=12,
+            eos_token_id=stops,
+            pad_token_id=0,
+            **cfg.generate_kwargs(),
+        )
         assert ours.tolist() == theirs.tolist()
     with pytest.raises(ValueError, match="empty"):
         dec.generate(tiny, ids, 2, eos_token_id=[])

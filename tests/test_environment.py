@@ -10,7 +10,9 @@ def test_profile_defaults_to_full(monkeypatch):
     assert environment.read_profile() == "full"
 
 
-@pytest.mark.parametrize("value, expected", [("ci", "ci"), (" CI ", "ci"), ("full", "full")])
+@pytest.mark.parametrize(
+    "value, expected", [("ci", "ci"), (" CI ", "ci"), ("full", "full")]
+)
 def test_profile_is_read_from_env(monkeypatch, value, expected):
     monkeypatch.setenv("BOOK_PROFILE", value)
     assert environment.read_profile() == expected
@@ -48,7 +50,9 @@ def test_cpu_gets_float32_and_can_be_forced():
     assert cpu.type == "cpu" and environment.pick_dtype(cpu) == torch.float32
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error on a machine without CUDA")
+@pytest.mark.skipif(
+    torch.cuda.is_available(), reason="checks the error on a machine without CUDA"
+)
 def test_requesting_missing_cuda_says_so():
     with pytest.raises(RuntimeError, match="no CUDA GPU"):
         environment.pick_device("cuda")
@@ -65,4 +69,9 @@ def test_setup_prints_one_summary_line(monkeypatch, capsys):
     book_utils.setup(seed=7)
     out = capsys.readouterr().out.strip().splitlines()
     assert len(out) == 1
-    assert "profile=ci" in out[0] and "seed=7" in out[0] and "offline" in out[0] and "torch" in out[0]
+    assert (
+        "profile=ci" in out[0]
+        and "seed=7" in out[0]
+        and "offline" in out[0]
+        and "torch" in out[0]
+    )

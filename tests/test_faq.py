@@ -1,4 +1,5 @@
-"""book_utils.faq: windows, repetition rate, k-fold scores, cost formulas, int8 round trip."""
+"""book_utils.faq: windows, repetition rate, k-fold scores, cost formulas, int8 round
+trip."""
 
 from __future__ import annotations
 
@@ -11,13 +12,18 @@ import torch
 from book_utils import faq
 
 
-@pytest.mark.parametrize("n, window, overlap", [(0, 10, 2), (5, 10, 2), (10, 10, 2), (11, 10, 2), (1000, 510, 128), (37, 4, 3)])
+@pytest.mark.parametrize(
+    "n, window, overlap",
+    [(0, 10, 2), (5, 10, 2), (10, 10, 2), (11, 10, 2), (1000, 510, 128), (37, 4, 3)],
+)
 def test_window_spans_cover_everything_with_the_overlap(n, window, overlap):
     spans = faq.window_spans(n, window, overlap)
     assert spans[0][0] == 0 and spans[-1][1] == n
     assert all(0 < e - s <= window or n == 0 for s, e in spans)
     for (s1, e1), (s2, e2) in zip(spans, spans[1:]):
-        assert e1 - s2 == overlap  # each window repeats the last `overlap` tokens of the previous one
+        assert (
+            e1 - s2 == overlap
+        )  # each window repeats the last `overlap` tokens of the previous one
     assert len(spans) == 1 + math.ceil(max(0, n - window) / (window - overlap))
 
 
@@ -26,13 +32,19 @@ def test_window_spans_match_a_fast_tokenizer():
     from transformers import PreTrainedTokenizerFast
 
     words = [f"w{i}" for i in range(50)]
-    backend = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="w0"))
+    backend = Tokenizer(
+        models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="w0")
+    )
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
     tok = PreTrainedTokenizerFast(tokenizer_object=backend)
     text = " ".join(words[i % 50] for i in range(237))
     ids = tok(text)["input_ids"]
-    windows = tok(text, max_length=40, stride=8, truncation=True, return_overflowing_tokens=True)["input_ids"]
-    assert [w for w in windows] == [ids[s:e] for s, e in faq.window_spans(len(ids), 40, 8)]
+    windows = tok(
+        text, max_length=40, stride=8, truncation=True, return_overflowing_tokens=True
+    )["input_ids"]
+    assert [w for w in windows] == [
+        ids[s:e] for s, e in faq.window_spans(len(ids), 40, 8)
+    ]
 
 
 def test_window_spans_reject_bad_arguments():
@@ -54,7 +66,9 @@ def test_owner_window_picks_the_most_central_window():
 
 
 def test_kfold_macro_f1_separable_data():
-    texts = [f"great lovely item {i}" for i in range(20)] + [f"awful broken item {i}" for i in range(20)]
+    texts = [f"great lovely item {i}" for i in range(20)] + [
+        f"awful broken item {i}" for i in range(20)
+    ]
     labels = [1] * 20 + [0] * 20
     scores = faq.kfold_macro_f1(texts, labels, k=4, seed=0, C=1.0)
     assert scores.shape == (4,) and np.all(scores == 1.0)
@@ -77,8 +91,12 @@ def test_int8_round_trip_error_is_at_most_half_a_step():
     w = torch.randn(16, 32, generator=torch.Generator().manual_seed(0))
     q, scale = faq.quantize_rows_int8(w)
     assert q.dtype == torch.int8 and q.abs().max() == 127
-    assert (faq.dequantize_rows_int8(q, scale) - w).abs().max() <= scale.max() / 2 + 1e-7
-    layer = torch.nn.Sequential(torch.nn.Linear(32, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    assert (
+        faq.dequantize_rows_int8(q, scale) - w
+    ).abs().max() <= scale.max() / 2 + 1e-7
+    layer = torch.nn.Sequential(
+        torch.nn.Linear(32, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2)
+    )
     assert faq.simulate_int8_linear(layer) == 32 * 8 + 8 * 2
     with pytest.raises(ValueError, match="2-D"):
         faq.quantize_rows_int8(torch.randn(3))

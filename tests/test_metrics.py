@@ -1,4 +1,5 @@
-"""book_utils.metrics: the offline evaluate modules agree with scikit-learn; bootstrap and calibration."""
+"""book_utils.metrics: the offline evaluate modules agree with scikit-learn; bootstrap
+and calibration."""
 
 import numpy as np
 import pytest
@@ -17,20 +18,38 @@ def labels():
 
 def test_each_module_matches_sklearn(labels):
     preds, refs = labels
-    assert metrics.load_metric("accuracy").compute(predictions=preds, references=refs)["accuracy"] == pytest.approx(skm.accuracy_score(refs, preds))
-    for name, fn in (("precision", skm.precision_score), ("recall", skm.recall_score), ("f1", skm.f1_score)):
-        ours = metrics.load_metric(name).compute(predictions=preds, references=refs)[name]
+    assert metrics.load_metric("accuracy").compute(predictions=preds, references=refs)[
+        "accuracy"
+    ] == pytest.approx(skm.accuracy_score(refs, preds))
+    for name, fn in (
+        ("precision", skm.precision_score),
+        ("recall", skm.recall_score),
+        ("f1", skm.f1_score),
+    ):
+        ours = metrics.load_metric(name).compute(predictions=preds, references=refs)[
+            name
+        ]
         assert ours == pytest.approx(fn(refs, preds, average="macro", zero_division=0))
-    cm = metrics.load_metric("confusion_matrix").compute(predictions=preds, references=refs)["confusion_matrix"]
+    cm = metrics.load_metric("confusion_matrix").compute(
+        predictions=preds, references=refs
+    )["confusion_matrix"]
     np.testing.assert_array_equal(cm, skm.confusion_matrix(refs, preds))
 
 
 def test_zero_division_and_missing_class_like_sklearn():
-    refs, preds = np.array([0, 0, 1, 1]), np.array([0, 0, 0, 0])  # class 1 never predicted
+    refs, preds = (
+        np.array([0, 0, 1, 1]),
+        np.array([0, 0, 0, 0]),
+    )  # class 1 never predicted
     ours = metrics.load_metric("f1").compute(predictions=preds, references=refs)["f1"]
-    assert ours == pytest.approx(skm.f1_score(refs, preds, average="macro", zero_division=0))
+    assert ours == pytest.approx(
+        skm.f1_score(refs, preds, average="macro", zero_division=0)
+    )
     assert metrics.macro_f1(preds[:2], refs[:2], labels=[0, 1]) == pytest.approx(
-        skm.f1_score(refs[:2], preds[:2], average="macro", labels=[0, 1], zero_division=0))
+        skm.f1_score(
+            refs[:2], preds[:2], average="macro", labels=[0, 1], zero_division=0
+        )
+    )
 
 
 def test_combined_and_trainer_compute_metrics(labels):
@@ -38,7 +57,9 @@ def test_combined_and_trainer_compute_metrics(labels):
     logits = np.eye(3)[preds] * 5.0
     scores = metrics.make_compute_metrics()((logits, refs))
     assert set(scores) == {"accuracy", "precision", "recall", "macro_f1"}
-    assert scores["macro_f1"] == pytest.approx(skm.f1_score(refs, preds, average="macro"))
+    assert scores["macro_f1"] == pytest.approx(
+        skm.f1_score(refs, preds, average="macro")
+    )
 
 
 def test_bad_input_is_explained():
@@ -72,18 +93,30 @@ def test_reliability_table_and_ece():
     assert table["count"].sum() == 4
     conf, correct = probs.max(1), (probs.argmax(1) == refs).astype(float)
     bins = np.clip(np.ceil(conf * 10).astype(int) - 1, 0, 9)
-    ece = sum(abs(correct[bins == b].mean() - conf[bins == b].mean()) * (bins == b).sum() / 4 for b in set(bins))
+    ece = sum(
+        abs(correct[bins == b].mean() - conf[bins == b].mean()) * (bins == b).sum() / 4
+        for b in set(bins)
+    )
     assert table["ece"] == pytest.approx(ece)
     with pytest.raises(ValueError, match="sum to 1"):
         metrics.reliability_table(np.array([[2.0, 1.0]]), [0])
 
 
 def test_entity_spans_and_f1_conll_convention():
-    assert metrics.entity_spans(["B-PER", "I-PER", "O", "I-PER", "B-LOC"]) == {("PER", 0, 2), ("PER", 3, 4), ("LOC", 4, 5)}
+    assert metrics.entity_spans(["B-PER", "I-PER", "O", "I-PER", "B-LOC"]) == {
+        ("PER", 0, 2),
+        ("PER", 3, 4),
+        ("LOC", 4, 5),
+    }
     refs = [["B-PER", "I-PER", "O", "B-PER"], ["O", "B-PER"]]
-    preds = [["B-PER", "O", "O", "B-PER"], ["O", "B-PER"]]   # one boundary error: 2 of 3 found, 2 of 3 right
+    preds = [
+        ["B-PER", "O", "O", "B-PER"],
+        ["O", "B-PER"],
+    ]  # one boundary error: 2 of 3 found, 2 of 3 right
     scores = metrics.entity_f1(refs, preds)
-    assert scores["precision"] == pytest.approx(2 / 3) and scores["recall"] == pytest.approx(2 / 3)
+    assert scores["precision"] == pytest.approx(2 / 3) and scores[
+        "recall"
+    ] == pytest.approx(2 / 3)
     assert scores["f1"] == pytest.approx(2 / 3) and scores["entities"] == 3
     with pytest.raises(ValueError, match="BIO"):
         metrics.entity_spans(["PER"])

@@ -13,7 +13,12 @@ CONTEXTS = ["", "t", "th", "the ", "at", "zq", "\u00e9\u00e9", "on the m", "dog"
 @pytest.mark.parametrize("order", [1, 2, 3, 4])
 @pytest.mark.parametrize(
     "smoothing, knob",
-    [("add_k", {"k": 1.0}), ("add_k", {"k": 0.05}), ("kneser_ney", {"discount": 0.75}), ("kneser_ney", {"discount": 0.3})],
+    [
+        ("add_k", {"k": 1.0}),
+        ("add_k", {"k": 0.05}),
+        ("kneser_ney", {"discount": 0.75}),
+        ("kneser_ney", {"discount": 0.3}),
+    ],
 )
 def test_distributions_sum_to_one_for_seen_and_unseen_contexts(order, smoothing, knob):
     lm = CharNGramLM(order, smoothing, **knob).fit(TEXT)
@@ -31,22 +36,27 @@ def test_vocabulary_is_training_chars_plus_unk():
 
 def test_add_k_unigram_matches_the_hand_formula():
     k = 0.5
-    lm = CharNGramLM(1, "add_k", k=k).fit("aab")  # counts a:2, b:1, N = 3, V = 3 (a, b, <unk>)
+    lm = CharNGramLM(1, "add_k", k=k).fit(
+        "aab"
+    )  # counts a:2, b:1, N = 3, V = 3 (a, b, <unk>)
     assert lm.prob("a") == pytest.approx((2 + k) / (3 + k * 3))
     assert lm.prob("b") == pytest.approx((1 + k) / (3 + k * 3))
     assert lm.prob("z") == pytest.approx(k / (3 + k * 3))  # unseen character -> <unk>
 
 
 def test_add_k_bigram_matches_the_hand_formula():
-    lm = CharNGramLM(2, "add_k", k=1.0).fit("abab")  # ab:2, ba:1; c(a.) = 2, c(b.) = 1, V = 3
+    lm = CharNGramLM(2, "add_k", k=1.0).fit(
+        "abab"
+    )  # ab:2, ba:1; c(a.) = 2, c(b.) = 1, V = 3
     assert lm.prob("b", "a") == pytest.approx(3 / 5)
     assert lm.prob("a", "b") == pytest.approx(2 / 4)
     assert lm.prob("a", "z") == pytest.approx(1 / 3)  # unseen context: uniform
 
 
 def test_kneser_ney_matches_a_hand_computed_example():
-    # "abcab", D = 1/2, V = 4 (a, b, c, <unk>). Bigram types ab(2), bc(1), ca(1), so every character has
-    # continuation count 1 out of 3 types: p1(w) = (1 - D + D * 3 / 4) / 3 = 7/24, p1(<unk>) = (D * 3/4) / 3 = 1/8.
+    # "abcab", D = 1/2, V = 4 (a, b, c, <unk>). Bigram types ab(2), bc(1), ca(1), so
+    # every character has continuation count 1 out of 3 types:
+    # p1(w) = (1 - D + D * 3 / 4) / 3 = 7/24, p1(<unk>) = (D * 3/4) / 3 = 1/8.
     lm = CharNGramLM(2, "kneser_ney", discount=0.5).fit("abcab")
     p1 = {"a": 7 / 24, "b": 7 / 24, "c": 7 / 24, UNK: 1 / 8}
     for ch, expected in p1.items():
@@ -61,7 +71,8 @@ def test_kneser_ney_matches_a_hand_computed_example():
 
 def test_kneser_ney_order_1_is_smoothed_continuation_unigram():
     lm = CharNGramLM(1, "kneser_ney", discount=0.5).fit("aab")
-    # order 1 has no lower level: the top (and only) level uses raw counts a:2, b:1 over N = 3, V = 3
+    # order 1 has no lower level: the top (and only) level uses raw counts a:2, b:1
+    # over N = 3, V = 3
     assert lm.prob("a") == pytest.approx((2 - 0.5 + 0.5 * 2 / 3) / 3)
     assert lm.prob("z") == pytest.approx((0.5 * 2 / 3) / 3)
 
@@ -80,7 +91,9 @@ def test_shared_counts_give_the_same_model_as_fitting_the_text():
         for order in (1, 2, 3):
             direct = CharNGramLM(order, smoothing).fit(TEXT)
             shared = CharNGramLM(order, smoothing).fit(counts)
-            np.testing.assert_allclose(direct.log_probs("the hat sat"), shared.log_probs("the hat sat"))
+            np.testing.assert_allclose(
+                direct.log_probs("the hat sat"), shared.log_probs("the hat sat")
+            )
 
 
 def test_log_probs_agree_with_prob_and_distribution():
@@ -90,7 +103,9 @@ def test_log_probs_agree_with_prob_and_distribution():
     for t, ch in enumerate(text):
         history = context + text[:t]
         assert logp[t] == pytest.approx(math.log(lm.prob(ch, history)))
-        assert logp[t] == pytest.approx(math.log(lm.distribution(history)[lm.vocab.index(ch)]))
+        assert logp[t] == pytest.approx(
+            math.log(lm.distribution(history)[lm.vocab.index(ch)])
+        )
 
 
 def test_bpc_and_perplexity_follow_from_nll():
@@ -99,7 +114,9 @@ def test_bpc_and_perplexity_follow_from_nll():
     assert result.nll == pytest.approx(-lm.log_probs("the rat sat").mean())
     assert result.bpc == pytest.approx(result.nll / math.log(2))
     assert result.perplexity == pytest.approx(math.exp(result.nll))
-    assert ngram.perplexity(math.log(27)) == pytest.approx(27)  # uniform over 27 symbols
+    assert ngram.perplexity(math.log(27)) == pytest.approx(
+        27
+    )  # uniform over 27 symbols
     assert ngram.bits_per_char(math.log(2)) == pytest.approx(1.0)
 
 
@@ -118,7 +135,11 @@ def test_sampling_is_deterministic_with_a_seed_and_uses_the_vocabulary():
         ({"order": 0}, ValueError, "order must be >= 1"),
         ({"order": 2.0}, TypeError, "order must be an int"),
         ({"order": 2, "smoothing": "laplace"}, ValueError, "smoothing must be one of"),
-        ({"order": 2, "smoothing": "add_k", "k": 0}, ValueError, "k must be a finite number > 0"),
+        (
+            {"order": 2, "smoothing": "add_k", "k": 0},
+            ValueError,
+            "k must be a finite number > 0",
+        ),
         ({"order": 2, "discount": 1.0}, ValueError, "0 < discount < 1"),
         ({"order": 2, "discount": 0}, ValueError, "0 < discount < 1"),
     ],
@@ -157,7 +178,8 @@ def test_bad_fit_and_query_arguments_raise_clear_errors():
 @pytest.mark.parametrize("smoothing", ngram.SMOOTHINGS)
 def test_scoring_from_the_first_character_matches_prob(smoothing):
     lm = CharNGramLM(4, smoothing).fit(TEXT)
-    text = "the dot sat in a hat"  # the first characters have less than order - 1 characters of history
+    # the first characters have less than order - 1 characters of history
+    text = "the dot sat in a hat"
     logp = lm.log_probs(text)
     for t, ch in enumerate(text):
         assert logp[t] == pytest.approx(math.log(lm.prob(ch, text[:t])), rel=1e-12)
