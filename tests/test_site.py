@@ -1,8 +1,9 @@
-"""The built site, as a reader sees it: pages load, formulas are typeset, nothing is fetched from outside.
+"""The built site, as a reader sees it: pages load, formulas are typeset, nothing is
+fetched from outside.
 
-Builds the book from the committed notebook outputs (zero warnings allowed), serves it on 127.0.0.1 and
-opens every page of the table of contents in headless Chromium (Debian's ``chromium``; ``make test``
-installs it) driven by Playwright.
+Builds the book from the committed notebook outputs (zero warnings allowed), serves it
+on 127.0.0.1 and opens every page of the table of contents in headless Chromium
+(Debian's ``chromium``; ``make test`` installs it) driven by Playwright.
 """
 
 from __future__ import annotations
@@ -35,12 +36,18 @@ CHROMIUM_ARGS = [
 
 
 def toc_pages() -> list[str]:
-    """Every document of ``_toc.yml``, in book order, as paths relative to the site root (``.html``)."""
-    return [f"{doc}.html" for doc in re.findall(r"(?:root|file): (\S+)", (ROOT / "_toc.yml").read_text())]
+    """Every document of ``_toc.yml``, in book order, as paths relative to the site root
+    (``.html``)."""
+    return [
+        f"{doc}.html"
+        for doc in re.findall(r"(?:root|file): (\S+)", (ROOT / "_toc.yml").read_text())
+    ]
 
 
 def notebook_pages() -> list[str]:
-    return [page for page in toc_pages() if (ROOT / page).with_suffix(".ipynb").exists()]
+    return [
+        page for page in toc_pages() if (ROOT / page).with_suffix(".ipynb").exists()
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -48,13 +55,26 @@ def site(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("site")
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     result = subprocess.run(
-        [str(jupyter_book), "build", str(ROOT), "-W", "-n", "--keep-going", "--path-output", str(out)],
+        [
+            str(jupyter_book),
+            "build",
+            str(ROOT),
+            "-W",
+            "-n",
+            "--keep-going",
+            "--path-output",
+            str(out),
+        ],
         capture_output=True,
         text=True,
     )
     log = result.stdout + result.stderr
-    warnings = [line for line in log.splitlines() if "WARNING" in line or "ERROR" in line]
-    assert result.returncode == 0 and "build succeeded." in log, "\n".join(warnings) or log[-3000:]
+    warnings = [
+        line for line in log.splitlines() if "WARNING" in line or "ERROR" in line
+    ]
+    assert result.returncode == 0 and "build succeeded." in log, (
+        "\n".join(warnings) or log[-3000:]
+    )
     assert not warnings, "\n".join(warnings)
     return out / "_build" / "html"
 
@@ -65,7 +85,9 @@ def base_url(site):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=site))
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(QuietHandler, directory=site)
+    )
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield f"http://127.0.0.1:{server.server_address[1]}"
     server.shutdown()
@@ -73,16 +95,25 @@ def base_url(site):
 
 @pytest.fixture(scope="module")
 def browser():
-    chromium = os.environ.get("BOOK_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+    chromium = (
+        os.environ.get("BOOK_CHROMIUM")
+        or shutil.which("chromium")
+        or shutil.which("chromium-browser")
+    )
     if chromium is None:
-        message = "Debian's chromium is needed for the site test: `make test` installs it (apt-get install chromium)"
+        message = (
+            "Debian's chromium is needed for the site test: "
+            "`make test` installs it (apt-get install chromium)"
+        )
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium, args=CHROMIUM_ARGS)
+        browser = playwright.chromium.launch(
+            executable_path=chromium, args=CHROMIUM_ARGS
+        )
         yield browser
         browser.close()
 
@@ -97,7 +128,9 @@ def open_page(browser, base_url):
         requested: list[str] = []
         page.on("request", lambda request: requested.append(request.url))
         response = page.goto(f"{base_url}/{path}", wait_until="networkidle")
-        assert response is not None and response.ok, f"{path}: HTTP {response and response.status}"
+        assert response is not None and response.ok, (
+            f"{path}: HTTP {response and response.status}"
+        )
         opened.append(page)
         return page, requested
 
@@ -110,19 +143,37 @@ def open_page(browser, base_url):
 def test_page_loads_typesets_math_and_stays_local(open_page, path):
     page, requested = open_page(path)
     assert page.locator("main h1").count() >= 1, f"{path} has no title"
-    if page.locator(".math").count():  # MathJax (bundled, offline) typesets every formula
-        page.wait_for_function("() => document.querySelectorAll('mjx-container').length > 0", timeout=15_000)
-        assert page.locator("mjx-merror").count() == 0, f"{path}: MathJax reported a TeX error"
-    assert "Traceback (most recent call last)" not in page.content(), f"{path} shows an error output"
-    outside = sorted({url for url in requested if urlparse(url).scheme in ("http", "https", "ws", "wss")
-                      and urlparse(url).hostname != "127.0.0.1"})
-    assert not outside, f"{path} requested resources from outside the machine: {outside}"
+    # MathJax (bundled, offline) typesets every formula
+    if page.locator(".math").count():
+        page.wait_for_function(
+            "() => document.querySelectorAll('mjx-container').length > 0",
+            timeout=15_000,
+        )
+        assert page.locator("mjx-merror").count() == 0, (
+            f"{path}: MathJax reported a TeX error"
+        )
+    assert "Traceback (most recent call last)" not in page.content(), (
+        f"{path} shows an error output"
+    )
+    outside = sorted(
+        {
+            url
+            for url in requested
+            if urlparse(url).scheme in ("http", "https", "ws", "wss")
+            and urlparse(url).hostname != "127.0.0.1"
+        }
+    )
+    assert not outside, (
+        f"{path} requested resources from outside the machine: {outside}"
+    )
 
 
 @pytest.mark.parametrize("path", notebook_pages())
 def test_chapter_has_math_colab_button_and_hidden_solutions(open_page, path):
     page, _ = open_page(path)
-    page.wait_for_function("() => document.querySelectorAll('mjx-container').length > 0", timeout=15_000)
+    page.wait_for_function(
+        "() => document.querySelectorAll('mjx-container').length > 0", timeout=15_000
+    )
     colab = page.locator('a[href*="colab.research.google.com/github/"]')
     assert colab.count() >= 1, f"{path} has no 'open in Colab' launch button"
     solutions = page.locator("div.solution")
@@ -137,4 +188,8 @@ def test_bibliography_lists_the_corrected_references(open_page):
     page, _ = open_page("book/references.html")
     text = page.inner_text("main").lower()
     assert "attention is all you need" in text
-    assert "north american chapter of the association for computational linguistics" in text  # NAACL 2019 (R3)
+    # NAACL 2019 (R3)
+    assert (
+        "north american chapter of the association for computational linguistics"
+        in text
+    )
