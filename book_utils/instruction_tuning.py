@@ -954,17 +954,22 @@ def save_sft_model(profile: str, model, tokenizer, info: dict | None = None) -> 
     saved config records the :data:`CI_CONTEXT` positions the model was fine-tuned
     with (see :func:`sft_context`), so that code loading it (chapter 5) sees the context it was trained on.
     """
-    from book_utils.cache import atomic_dir
-
     if profile == "ci":
         model.config.max_position_embeddings = max(model.config.max_position_embeddings, CI_CONTEXT)
     model.generation_config.eos_token_id = stop_token_ids(tokenizer)  # `generate` ends the reply at <|im_end|>
-    folder = sft_model_dir(profile)
+    return _save_folder(sft_model_dir(profile), model, tokenizer, info, "sft_info.json")
+
+
+def _save_folder(folder: Path, model, tokenizer, info: dict | None, info_name: str) -> Path:
+    """Write ``model`` (safetensors), ``tokenizer`` and, if given, ``info`` as JSON to ``folder``,
+    atomically: a reader sees the old folder or the complete new one."""
+    from book_utils.cache import atomic_dir
+
     with atomic_dir(folder) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         if info is not None:
-            (tmp / "sft_info.json").write_text(json.dumps(info, indent=1, default=str))
+            (tmp / info_name).write_text(json.dumps(info, indent=1, default=str))
     return folder
 
 
@@ -1077,17 +1082,10 @@ def _smollm2_finetune_dir(method: str, profile: str) -> Path:
 def save_smollm2_finetune(ctx, method: str, model, tokenizer, info: dict | None = None) -> Path:
     """Save chapter 4c.3's fine-tuned SmolLM2 atomically: the whole model for ``"full"``, the adapter alone
     for ``"lora"`` (``model`` is then the ``PeftModel``, before any merge). Returns the folder."""
-    from book_utils.cache import atomic_dir
-
-    folder = _smollm2_finetune_dir(method, ctx.profile)
     if method == "lora" and not hasattr(model, "peft_config"):
         raise TypeError("method 'lora' saves a PeftModel's adapter; merge only after saving")
-    with atomic_dir(folder) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        if info is not None:
-            (tmp / "run_info.json").write_text(json.dumps(info, indent=1, default=str))
-    return folder
+    folder = _smollm2_finetune_dir(method, ctx.profile)
+    return _save_folder(folder, model, tokenizer, info, "run_info.json")
 
 
 def load_smollm2_finetune(ctx, method: str):
