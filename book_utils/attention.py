@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from book_utils.positions import apply_rope
+
 __all__ = [
     "scaled_dot_product_attention",
     "causal_mask",
@@ -252,7 +254,7 @@ class MultiHeadAttention(nn.Module):
     ``d_k = d_model // n_heads`` features each; every head attends on its own, the heads
     are concatenated and mixed by the output projection ``W_O``. Masks follow
     :func:`scaled_dot_product_attention` (``True`` = may attend). ``rope=(cos, sin)``
-    rotates queries and keys (see :func:`book_utils.transformer.apply_rope`). Taught in
+    rotates queries and keys (see :func:`book_utils.positions.apply_rope`). Taught in
     chapter 2; the weights can be copied from ``torch.nn.MultiheadAttention`` with
     :func:`copy_from_torch_mha`.
     """
@@ -328,8 +330,6 @@ class MultiHeadAttention(nn.Module):
             self._split(self.v_proj(context)),
         )
         if rope is not None:
-            from book_utils.transformer import apply_rope
-
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         p = self.dropout if self.training else 0.0
         out, weights = scaled_dot_product_attention(

@@ -7,8 +7,8 @@ the small computations below, each cheap enough to run in seconds on a CPU:
 - :func:`window_spans` / :func:`owner_window`: long text as overlapping windows with a
   stride (question 12);
 - :func:`kfold_macro_f1`: k-fold cross-validation of a classifier (questions 11 and 17);
-- :func:`training_time` / :func:`training_flops`: how long fine-tuning takes, from
-  tokens and throughput (question 6);
+- :func:`training_time` / :func:`training_flops` (from :mod:`book_utils.compute`):
+  how long fine-tuning takes, from tokens and throughput (question 6);
 - :func:`quantize_rows_int8` / :func:`weight_bytes`: what shrinking a model to 8 bits
   costs (question 18).
 """
@@ -20,12 +20,13 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
-
+from book_utils.checks import positive_int
+from book_utils.compute import (
+    format_duration,
+    human_bytes,
+    training_flops,
+    training_time,
+)
 
 # --- long text: windows with a stride (FAQ 12) ----------------------------------------
 
@@ -43,7 +44,7 @@ def window_spans(n_tokens: int, window: int, overlap: int) -> list[tuple[int, in
     n_tokens = int(n_tokens)
     if n_tokens < 0:
         raise ValueError(f"n_tokens must be >= 0, got {n_tokens}")
-    window = _positive_int("window", window)
+    window = positive_int("window", window)
     if (
         isinstance(overlap, bool)
         or not isinstance(overlap, (int, np.integer))
@@ -136,7 +137,7 @@ def kfold_macro_f1(
 
     from book_utils.metrics import macro_f1
 
-    k = _positive_int("k", k)
+    k = positive_int("k", k)
     texts, labels = list(texts), np.asarray(labels)
     if len(texts) != len(labels):
         raise ValueError(
@@ -166,26 +167,6 @@ def kfold_macro_f1(
 
 
 # --- cost: time and memory (FAQ 6, 18) ------------------------------------------------
-
-
-def training_flops(n_params: int, n_tokens: float) -> float:
-    """About ``6 · N · T`` floating-point operations to train ``N`` weights on ``T``
-    tokens (forward 2, backward 4)."""
-    if n_params <= 0 or n_tokens < 0:
-        raise ValueError(
-            f"n_params must be > 0 and n_tokens >= 0, got {n_params}, {n_tokens}"
-        )
-    return 6.0 * n_params * n_tokens
-
-
-def training_time(
-    n_examples: int, tokens_per_example: float, epochs: float, tokens_per_second: float
-) -> float:
-    """Seconds of training:
-    ``examples × tokens per example × epochs / tokens per second``."""
-    if min(n_examples, tokens_per_example, epochs) < 0 or tokens_per_second <= 0:
-        raise ValueError("sizes must be >= 0 and tokens_per_second > 0")
-    return n_examples * tokens_per_example * epochs / tokens_per_second
 
 
 #: Bytes per weight of common storage formats (int4 packs two weights in a byte; scales
@@ -247,30 +228,11 @@ def simulate_int8_linear(model: torch.nn.Module) -> int:
     return count
 
 
-def human_bytes(n: float) -> str:
-    """``1.2 GB``-style string (decimal units)."""
-    for unit, size in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if n >= size:
-            return f"{n / size:.1f} {unit}"
-    return f"{n:.0f} B"
-
-
-def human_duration(seconds: float) -> str:
-    """``3.2 h`` / ``12 min`` / ``40 s``."""
-    if seconds >= 3600 * 48:
-        return f"{seconds / 86400:.1f} days"
-    if seconds >= 3600:
-        return f"{seconds / 3600:.1f} h"
-    if seconds >= 60:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds:.0f} s"
-
-
 __all__ = [
     "BYTES_PER_WEIGHT",
     "dequantize_rows_int8",
     "human_bytes",
-    "human_duration",
+    "format_duration",
     "kfold_macro_f1",
     "owner_window",
     "quantize_rows_int8",

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from book_utils.positions import apply_rope, rope_cos_sin
+
 
 @dataclass
 class LlamaConfig:
@@ -56,23 +58,6 @@ class RMSNorm(nn.Module):
         x32 = x.float()  # the mean of squares in fp32, as Llama does
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(x.dtype)
-
-
-def rope_cos_sin(head_dim: int, positions, theta: float):
-    """cos and sin of the rotation angles position · θ^(-2i/d), each pair (i, i + d/2)
-    of a head's dimensions turning at its own frequency: shape (len(positions), d)."""
-    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2).float() / head_dim)
-    angles = torch.outer(positions.float(), inv_freq)
-    angles = torch.cat([angles, angles], dim=-1)
-    return angles.cos(), angles.sin()
-
-
-def apply_rope(x, cos, sin):
-    """Rotate each pair (x_i, x_{i+d/2}) of ``x`` (batch, heads, time, d) by its
-    angle."""
-    first, second = x.chunk(2, dim=-1)
-    rotated = torch.cat([-second, first], dim=-1)
-    return x * cos.to(x.dtype) + rotated * sin.to(x.dtype)
 
 
 class KVCache:
@@ -179,7 +164,7 @@ class Llama(nn.Module):
         past = len(cache) if cache is not None else 0
         t = ids.shape[1]
         positions = torch.arange(past, past + t, device=ids.device)
-        cos, sin = rope_cos_sin(self.cfg.head_dim, positions, self.cfg.rope_theta)
+        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
         cos, sin = cos.to(ids.device), sin.to(ids.device)
         mask = None  # a prompt: causal attention; one new token: it sees every key
         if past and t > 1:  # new tokens after cached ones: each sees its own past

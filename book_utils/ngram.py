@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from book_utils.checks import positive_int
+
 #: The unknown symbol ``<unk>``: every character outside the training vocabulary is
 #: mapped to it.
 UNK = "\ufffd"
@@ -55,15 +57,18 @@ def perplexity(nll_nats: float) -> float:
     return math.exp(nll_nats)
 
 
-def bits_per_char(nll_nats: float) -> float:
-    """Bits per character ``NLL / ln 2`` from a mean negative log-likelihood in nats per
-    character (chapter 1).
+def bits_per_char(nll_nats: float, n_chars: int = 1) -> float:
+    """Bits per character ``NLL / (n_chars · ln 2)``: ``nll_nats`` is the negative
+    log-likelihood in nats of ``n_chars`` characters (the default ``n_chars=1`` takes a
+    mean per character). Chapter 1 teaches it; every chapter's character-level
+    comparison uses this one function.
 
     BPC is the average code length, in bits, an ideal coder built on the model needs per
-    character (Shannon 1948); the book compares all its character-level models with it.
+    character (Shannon 1948); it compares models whatever their tokenizer.
     """
     nll_nats = _check_nll(nll_nats)
-    return nll_nats / math.log(2)
+    n_chars = positive_int("n_chars", n_chars)
+    return nll_nats / n_chars / math.log(2)
 
 
 def _check_nll(nll_nats: float) -> float:

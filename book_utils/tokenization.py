@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from book_utils.sizes import TOKENIZER_CHARS, VOCAB_SIZE, for_profile
+
 #: The four special tokens, in vocabulary order: they get ids 0, 1, 2, 3 (before the 256
 #: byte tokens). ``eos`` ends a document in pretraining; ``pad`` fills batches;
 #: ``im_start``/``im_end`` frame chat turns.
@@ -163,40 +165,40 @@ def tokenizer_training_text(profile: str) -> list[str]:
     from book_utils.assets import shakespeare_splits
 
     train = shakespeare_splits()["train"]
-    limit = 10_000 if profile == "ci" else None
+    limit = for_profile(TOKENIZER_CHARS, profile)
     return [train[title][:limit] for title in sorted(train)]
 
 
-def default_vocab_size(ctx) -> int:
+def default_vocab_size(profile: str) -> int:
     """512 in the ``ci`` profile, 4096 in ``full`` (chapter 3 measures why 4096 suits a
     small CPU model)."""
-    return ctx.pick(ci=512, full=4096)
+    return for_profile(VOCAB_SIZE, profile)
 
 
-def load_or_train_tokenizer(ctx, vocab_size: int | None = None):
+def load_or_train_tokenizer(profile: str, vocab_size: int | None = None):
     """The book's tokenizer: loaded from the artifact cache, or trained on the
     Shakespeare train split and saved there first (``save_pretrained``;
     ``AutoTokenizer.from_pretrained`` loads it back).
 
     ``vocab_size`` defaults to :func:`default_vocab_size` (512 in ``ci``, 4096 in
     ``full``); the artifact is
-    ``artifact_dir(f"tokenizer-bpe{vocab_size}", ctx.profile)``. Trained in chapter 3,
+    ``artifact_dir(f"tokenizer-bpe{vocab_size}", profile)``. Trained in chapter 3,
     used by the base model and SFT chapters.
     """
     from transformers import AutoTokenizer
 
     from book_utils.cache import artifact_dir, load_or_build
 
-    vocab_size = default_vocab_size(ctx) if vocab_size is None else vocab_size
+    vocab_size = default_vocab_size(profile) if vocab_size is None else vocab_size
     _check_vocab_size(vocab_size)
 
     def build(folder: Path) -> None:
         train_bpe_tokenizer(
-            tokenizer_training_text(ctx.profile), vocab_size
+            tokenizer_training_text(profile), vocab_size
         ).save_pretrained(folder)
 
     return load_or_build(
-        artifact_dir(f"tokenizer-bpe{vocab_size}", ctx.profile),
+        artifact_dir(f"tokenizer-bpe{vocab_size}", profile),
         build,
         AutoTokenizer.from_pretrained,
     )
@@ -280,25 +282,35 @@ def byte_level_word_counts(texts: Iterable[str]) -> Counter[str]:
 # --- measuring a tokenizer ------------------------------------------------------------
 
 
-class CharTokenizer:
-    """The baseline: one token per character, vocabulary = the characters of the
-    training text (id 0 = unknown)."""
+def char_tokenizer(text: str):
+    """A ``transformers`` fast tokenizer with one token per character of ``text`` (plus
+    ``<|endoftext|>`` and an unknown token ``<|unk|>``): nanoGPT's ``shakespeare_char``
+    encoding. Chapter 3.1 measures it as the baseline of every tokenizer; chapter 3.2
+    trains nanoGPT's character model on it."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
 
-    def __init__(self, text: str):
-        self.vocab = {ch: i + 1 for i, ch in enumerate(sorted(set(text)))}
-
-    def __len__(self) -> int:
-        return len(self.vocab) + 1
-
-    def encode_with_offsets(self, text: str) -> tuple[list[int], list[int]]:
-        return [self.vocab.get(ch, 0) for ch in text], list(range(len(text)))
+    if not isinstance(text, str) or not text:
+        raise ValueError(
+            "char_tokenizer needs a non-empty training text to collect its characters "
+            "from"
+        )
+    specials = ["<|endoftext|>", "<|unk|>"]
+    vocab = {token: i for i, token in enumerate(specials + sorted(set(text)))}
+    # BPE without merges: one token per character
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<|unk|>"))
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        eos_token="<|endoftext|>",
+        unk_token="<|unk|>",
+        clean_up_tokenization_spaces=False,
+    )
 
 
 def encode_with_offsets(tokenizer, text: str) -> tuple[list[int], list[int]]:
     """Token ids of ``text`` and the character offset where each token starts (special
     tokens not added)."""
-    if hasattr(tokenizer, "encode_with_offsets"):
-        return tokenizer.encode_with_offsets(text)
     encoding = tokenizer(
         text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
     )

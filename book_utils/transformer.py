@@ -1,5 +1,5 @@
-"""From attention to a Transformer: position encodings, the feed-forward network and
-pre-norm blocks.
+"""From attention to a Transformer: the feed-forward network and pre-norm blocks
+(position encodings come from :mod:`book_utils.positions` and are re-exported here).
 
 Taught in chapter 2, "From attention to a Transformer block". The blocks are checked
 against ``torch.nn.TransformerEncoderLayer`` / ``TransformerDecoderLayer``
@@ -17,6 +17,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from book_utils.attention import MultiHeadAttention, copy_from_torch_mha
+from book_utils.checks import positive_int
+from book_utils.positions import (
+    apply_rope,
+    rope_cos_sin,
+    rotate_half,
+    sinusoidal_position_encoding,
+)
 
 __all__ = [
     "sinusoidal_position_encoding",
@@ -35,103 +42,6 @@ __all__ = [
 ]
 
 POSITIONS = ("sinusoidal", "learned", "rope")
-
-
-def _positive_int(name: str, value: object) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-# --- position information -------------------------------------------------------------
-
-
-def sinusoidal_position_encoding(n: int, d: int, base: float = 10000.0) -> torch.Tensor:
-    """The ``(n, d)`` sinusoidal position encoding (位置编码) of Vaswani et al. (2017).
-
-    ``PE[pos, 2i] = sin(pos / base^(2i/d))`` and
-    ``PE[pos, 2i+1] = cos(pos / base^(2i/d))``: every pair of features is a clock
-    turning at its own frequency, from one turn per ``2π`` positions down to one per
-    ``2π·base``. Added to the token embeddings, it tells attention (which is otherwise
-    blind to order) where each token sits. Taught in chapter 2.
-    """
-    _positive_int("n", n)
-    _positive_int("d", d)
-    if d % 2:
-        raise ValueError(f"d must be even (features come in sin/cos pairs), got d={d}")
-    if base <= 1:
-        raise ValueError(f"base must be > 1, got {base}")
-    pos = torch.arange(n, dtype=torch.float64)[:, None]
-    freq = base ** (-torch.arange(0, d, 2, dtype=torch.float64) / d)  # 1 / base^(2i/d)
-    pe = torch.empty(n, d, dtype=torch.float64)
-    pe[:, 0::2] = torch.sin(pos * freq)
-    pe[:, 1::2] = torch.cos(pos * freq)
-    return pe.float()
-
-
-def rope_cos_sin(
-    positions: int | torch.Tensor, head_dim: int, base: float = 10000.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosines and sines of rotary position embedding (RoPE, 旋转位置编码; Su et al.)
-    for ``positions``.
-
-    ``positions`` is a length ``n`` (meaning ``0 … n-1``) or a tensor of integer
-    positions. Returns ``cos`` and ``sin`` of shape ``(*positions.shape, head_dim)`` in
-    the "half-split" layout used by Llama and Hugging Face: feature ``i`` is paired with
-    feature ``i + head_dim/2`` and the pair is rotated by the angle
-    ``pos · base^(-2i/head_dim)``. (The RoFormer paper pairs neighbours ``2i, 2i+1``;
-    the two layouts differ only by a fixed permutation of the features.) Taught in
-    chapter 2.
-    """
-    _positive_int("head_dim", head_dim)
-    if head_dim % 2:
-        raise ValueError(
-            f"head_dim must be even (RoPE rotates pairs of features), got {head_dim}"
-        )
-    if isinstance(positions, int):
-        positions = torch.arange(_positive_int("positions", positions))
-    if not isinstance(positions, torch.Tensor) or positions.is_floating_point():
-        raise ValueError("positions must be an int n or an integer tensor of positions")
-    inv_freq = 1.0 / (
-        base ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-    )
-    angles = positions[..., None].float() * inv_freq  # (..., head_dim/2)
-    angles = torch.cat((angles, angles), dim=-1)
-    return angles.cos(), angles.sin()
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    """``[x1, x2] -> [-x2, x1]`` on the last axis: multiplying each (x1_i, x2_i) pair by
-    i, as a complex number."""
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate queries or keys ``x`` of shape ``(..., n, head_dim)`` by their positions'
-    angles.
-
-    ``cos``/``sin`` come from :func:`rope_cos_sin` with shape ``(n, head_dim)`` (or
-    broadcastable). Because a rotation by angle ``a`` followed by the dot product with a
-    vector rotated by ``b`` only sees ``a - b``, ``apply_rope(q, m) · apply_rope(k, n)``
-    depends on the relative position ``m - n`` only. Taught in chapter 2.
-    """
-    if cos.shape != sin.shape:
-        raise ValueError(
-            f"cos and sin must have the same shape, got {tuple(cos.shape)} and "
-            f"{tuple(sin.shape)}"
-        )
-    if x.shape[-1] != cos.shape[-1]:
-        raise ValueError(
-            f"x has head_dim={x.shape[-1]} but cos/sin were built for "
-            f"head_dim={cos.shape[-1]}"
-        )
-    if cos.ndim >= 2 and x.ndim >= 2 and cos.shape[-2] != x.shape[-2]:
-        raise ValueError(
-            f"x has {x.shape[-2]} positions but cos/sin have {cos.shape[-2]}; build "
-            "them with rope_cos_sin(n, ...)"
-        )
-    return x * cos + rotate_half(x) * sin
 
 
 # --- the block ------------------------------------------------------------------------
@@ -158,10 +68,10 @@ class TransformerConfig:
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "block_size", "n_layer", "n_head", "d_model"):
-            _positive_int(name, getattr(self, name))
+            positive_int(name, getattr(self, name))
         if self.d_ff is None:
             self.d_ff = 4 * self.d_model
-        _positive_int("d_ff", self.d_ff)
+        positive_int("d_ff", self.d_ff)
         if self.d_model % self.n_head:
             raise ValueError(
                 f"d_model={self.d_model} must be divisible by n_head={self.n_head}"
@@ -478,8 +388,8 @@ def random_batch(
             "data must be a 1-D tensor of token ids, got "
             f"{getattr(data, 'shape', type(data))}"
         )
-    _positive_int("block_size", block_size)
-    _positive_int("batch_size", batch_size)
+    positive_int("block_size", block_size)
+    positive_int("batch_size", batch_size)
     if len(data) <= block_size:
         raise ValueError(
             f"data has {len(data)} tokens, needs more than block_size={block_size}"
@@ -507,7 +417,7 @@ def estimate_loss(
     eval mode and restores the previous mode. Taught in chapter 2 (validation loss of
     the tiny Shakespeare model).
     """
-    _positive_int("batches", batches)
+    positive_int("batches", batches)
     was_training = model.training
     model.eval()
     gen = torch.Generator().manual_seed(seed)

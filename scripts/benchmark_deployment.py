@@ -83,7 +83,9 @@ def main(argv=None) -> dict:
         f"{os.cpu_count()} CPUs, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"
     )
-    model, tokenizer = load_or_train_sft_model(ctx)
+    model, tokenizer = load_or_train_sft_model(
+        profile=ctx.profile, device=ctx.device, seed=ctx.seed
+    )
     model = model.cpu()
     figures = {}
     if args.big == "smollm2" and ({"kv", "int8"} - set(args.skip)):

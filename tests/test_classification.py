@@ -47,25 +47,38 @@ def test_stratified_splits_keep_balance_and_are_disjoint():
         C.stratified_splits(frame, validation=0.6, test=0.5)
 
 
-def test_baselines_and_helpers(tmp_path):
+def test_baselines_and_helpers():
     texts = ["good nice", "bad awful", "nice great", "awful terrible"] * 5
     labels = [1, 0, 1, 0] * 5
     model = C.tfidf_logreg(texts, labels)
     assert (model.predict(["great good", "terrible bad"]) == [1, 0]).all()
     assert (C.majority_class([1, 1, 0], 4) == 1).all()
     assert C.steps_for(50, batch_size=16, min_steps=40) == 10.0
+    with pytest.raises(ValueError, match="min_steps"):
+        C.steps_for(50, batch_size=16, min_steps=0)
+
+
+def test_classification_arguments_keep_the_chapter_defaults(tmp_path):
+    # the builder itself is tested in tests/test_training.py
+    args = C.classification_arguments(tmp_path / "run", device="cpu")
+    assert (args.learning_rate, args.num_train_epochs) == (5e-5, 3)
+    assert (args.per_device_train_batch_size, args.per_device_eval_batch_size) == (
+        16,
+        64,
+    )
+    assert (args.weight_decay, args.get_warmup_steps(200)) == (0.01, 20)
+    assert args.lr_scheduler_type == "linear" and args.logging_strategy == "no"
+    assert args.train_sampling_strategy == "group_by_length"
+    assert args.eval_strategy == args.save_strategy == "epoch"
+    assert args.load_best_model_at_end and args.metric_for_best_model == "macro_f1"
+    every = C.classification_arguments(
+        tmp_path / "run", eval_every=10, best_metric="entity_f1", device="cpu"
+    )
+    assert every.eval_strategy == every.save_strategy == "steps"
+    assert every.eval_steps == every.save_steps == 10
+    assert every.metric_for_best_model == "entity_f1"
     with pytest.raises(ValueError, match="learning_rate"):
-        C.training_arguments(tmp_path / "run", learning_rate=3)
-    assert (
-        C.training_arguments(tmp_path / "run", warmup_steps=0.1).get_warmup_steps(200)
-        == 20
-    )  # a ratio
-    assert (
-        C.training_arguments(tmp_path / "run", warmup_steps=30).get_warmup_steps(200)
-        == 30
-    )  # a count
-    with pytest.raises(ValueError, match="warmup_steps"):
-        C.training_arguments(tmp_path / "run", warmup_steps=1.5)
+        C.classification_arguments(tmp_path / "run", learning_rate=3)
 
 
 def test_minilm_classifier_loss_is_cross_entropy_and_scratch_differs():

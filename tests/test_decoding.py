@@ -169,3 +169,15 @@ def test_until_stop():
     assert dec.until_stop([5, 6, 3, 0, 0], [3, 0]) == [5, 6]
     assert dec.until_stop([5, 6], [3]) == [5, 6]
     assert dec.until_stop([3, 5], [3]) == []
+
+
+def test_a_generator_samples_reproducibly_and_leaves_the_global_rng_alone(tiny):
+    ids = torch.tensor([[5, 6, 7]])
+    cfg = dec.DecodingConfig(do_sample=True, temperature=1.5)
+    torch.manual_seed(1)
+    before = torch.get_rng_state()
+    first = dec.generate(tiny, ids, 12, cfg, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(torch.get_rng_state(), before)  # the training RNG is untouched
+    again = dec.generate(tiny, ids, 12, cfg, generator=torch.Generator().manual_seed(4))
+    other = dec.generate(tiny, ids, 12, cfg, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(first, again) and not torch.equal(first, other)

@@ -84,7 +84,7 @@ def test_cost_formulas():
     assert faq.weight_bytes(1000, "int4") == 500
     with pytest.raises(ValueError, match="unknown format"):
         faq.weight_bytes(10, "fp8")
-    assert faq.human_bytes(90.9e6) == "90.9 MB" and faq.human_duration(7200) == "2.0 h"
+    assert faq.human_bytes(90.9e6) == "90.9 MB" and faq.format_duration(7200) == "2.0 h"
 
 
 def test_int8_round_trip_error_is_at_most_half_a_step():

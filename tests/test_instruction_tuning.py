@@ -3,8 +3,6 @@ chat records."""
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import pytest
 import torch
@@ -81,9 +79,12 @@ def tiny_model(tokenizer, context=64, seed=0):
     return LlamaForCausalLM(config)
 
 
-def ctx(tmp_path=None):
-    return types.SimpleNamespace(
-        seed=0, device=torch.device("cpu"), profile="ci", pick=lambda *, ci, full: ci
+def sft_arguments(output_dir, **settings):
+    """``it.training_arguments`` on the CPU with chapter 4c's SFT defaults
+    (the shared builder's cosine schedule and 5 % warmup, and
+    ``it.SFT_ARGUMENTS``' log every 10 steps)."""
+    return it.training_arguments(
+        output_dir, seed=0, device="cpu", **{**it.SFT_ARGUMENTS, **settings}
     )
 
 
@@ -177,9 +178,8 @@ def test_replay_mix_fraction(tokenizer, records):
 def test_train_sft_learns_and_generation_is_scored(tokenizer, records, tmp_path):
     data, _ = it.tokenize_records(records, tokenizer, 64, tokenize_fn=chat_tokenize)
     model = tiny_model(tokenizer)
-    args = it.training_arguments(
+    args = sft_arguments(
         tmp_path,
-        ctx(),
         max_steps=60,
         batch_size=6,
         learning_rate=1e-2,
@@ -281,7 +281,13 @@ def test_trl_prompt_completion_matches_our_labels_and_trains(
 ):
     ours, _ = it.tokenize_records(records, tokenizer, 64, tokenize_fn=chat_tokenize)
     config = it.trl_config(
-        tmp_path, ctx(), max_steps=2, batch_size=2, learning_rate=1e-3, max_length=64
+        tmp_path,
+        seed=0,
+        device="cpu",
+        max_steps=2,
+        batch_size=2,
+        learning_rate=1e-3,
+        max_length=64,
     )
     assert (
         config.gradient_checkpointing is False
@@ -340,9 +346,8 @@ def test_mixed_precision_wrapper_is_removed_after_training(
 
     data, _ = it.tokenize_records(records, tokenizer, 64, tokenize_fn=chat_tokenize)
     model = tiny_model(tokenizer)
-    args = it.training_arguments(
+    args = sft_arguments(
         tmp_path,
-        ctx(),
         max_steps=2,
         batch_size=3,
         learning_rate=1e-3,
@@ -390,9 +395,8 @@ def test_per_example_trainer_reports_the_same_loss_in_training_and_evaluation(
 ):
     data, _ = it.tokenize_records(records, tokenizer, 64, tokenize_fn=chat_tokenize)
     model = tiny_model(tokenizer)
-    args = it.training_arguments(
+    args = sft_arguments(
         tmp_path,
-        ctx(),
         max_steps=2,
         batch_size=3,
         learning_rate=1e-3,
@@ -417,7 +421,8 @@ def test_warmup_steps_is_a_share_or_a_count(tmp_path):
     assert (
         it.training_arguments(
             tmp_path,
-            ctx(),
+            seed=0,
+            device="cpu",
             max_steps=200,
             batch_size=2,
             learning_rate=1e-3,
@@ -428,7 +433,8 @@ def test_warmup_steps_is_a_share_or_a_count(tmp_path):
     assert (
         it.training_arguments(
             tmp_path,
-            ctx(),
+            seed=0,
+            device="cpu",
             max_steps=200,
             batch_size=2,
             learning_rate=1e-3,
@@ -439,7 +445,8 @@ def test_warmup_steps_is_a_share_or_a_count(tmp_path):
     with pytest.raises(ValueError, match="warmup_steps"):
         it.training_arguments(
             tmp_path,
-            ctx(),
+            seed=0,
+            device="cpu",
             max_steps=200,
             batch_size=2,
             learning_rate=1e-3,
@@ -549,9 +556,11 @@ def test_midtraining_documents_keep_the_sft_split_and_replay_plays(monkeypatch):
         }
         for i in range(20)
     ]
-    monkeypatch.setattr(sd, "review_items", lambda: reviews)
-    monkeypatch.setattr(sd, "chatterbot_items", lambda: chats)
-    monkeypatch.setattr(sd, "chitchat_items", lambda limit=None: [])
+    monkeypatch.setattr("book_utils.sft_data.sources.review_items", lambda: reviews)
+    monkeypatch.setattr("book_utils.sft_data.sources.chatterbot_items", lambda: chats)
+    monkeypatch.setattr(
+        "book_utils.sft_data.sources.chitchat_items", lambda limit=None: []
+    )
     monkeypatch.setattr(
         assets,
         "shakespeare_splits",

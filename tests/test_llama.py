@@ -83,22 +83,6 @@ def test_rmsnorm_matches_torch():
     torch.testing.assert_close(norm(x), reference(x))
 
 
-def test_rope_keeps_norms_and_depends_on_relative_position_only():
-    q, k = torch.randn(1, 1, 1, 16), torch.randn(1, 1, 1, 16)
-
-    def rotated(x, position):
-        cos, sin = llama.rope_cos_sin(16, torch.tensor([position]), 10_000.0)
-        return llama.apply_rope(x, cos, sin)
-
-    torch.testing.assert_close(rotated(q, 7).norm(), q.norm())
-
-    def score(m, n):
-        return (rotated(q, m) * rotated(k, n)).sum()
-
-    torch.testing.assert_close(score(10, 3), score(27, 20))
-    assert not torch.allclose(score(10, 3), score(10, 4))
-
-
 def test_bad_shapes_are_named():
     with pytest.raises(ValueError, match="n_kv_heads"):
         llama.LlamaConfig(dim=64, n_heads=4, n_kv_heads=3)

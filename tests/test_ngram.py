@@ -118,6 +118,10 @@ def test_bpc_and_perplexity_follow_from_nll():
         27
     )  # uniform over 27 symbols
     assert ngram.bits_per_char(math.log(2)) == pytest.approx(1.0)
+    # a total over 8 characters is divided by them
+    assert ngram.bits_per_char(8 * math.log(2), n_chars=8) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="n_chars"):
+        ngram.bits_per_char(1.0, n_chars=0)
 
 
 def test_sampling_is_deterministic_with_a_seed_and_uses_the_vocabulary():

@@ -307,13 +307,13 @@ def test_checkpoint_of_another_configuration_is_refused(tokenizer, tmp_path):
 def test_base_model_round_trips_through_the_cache(tokenizer):
     model, _ = _fit(tokenizer, max_steps=1)
     folder = pt.save_base_model("ci", model, tokenizer, {"note": 1})
-    ctx = SimpleNamespace(profile="ci", device=torch.device("cpu"))
-    loaded, loaded_tokenizer = pt.load_base_model(ctx)
+    where = dict(profile="ci", device=torch.device("cpu"))
+    loaded, loaded_tokenizer = pt.load_base_model(**where)
     torch.testing.assert_close(loaded.state_dict(), model.state_dict())
     assert loaded_tokenizer.decode(loaded_tokenizer("to be")["input_ids"]) == "to be"
     (folder / "model.safetensors").write_bytes(b"broken")
     with pytest.raises(pt.CheckpointError, match="delete"):
-        pt.load_base_model(ctx)
+        pt.load_base_model(**where)
 
 
 # --- bits per character ---------------------------------------------------------------

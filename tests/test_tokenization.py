@@ -153,7 +153,9 @@ def test_plain_python_bpe_matches_on_real_text():
 
 
 def test_stats_of_the_character_baseline():
-    chars = T.CharTokenizer("abc ")
+    chars = T.char_tokenizer("abc ")
+    assert len(chars) == 2 + 4  # end-of-text, unknown, then one id per character
+    assert chars.decode(chars.encode("ab c")) == "ab c"
     stats = T.tokenization_stats(chars, "ab c d")
     assert (
         stats["tokens"] == 6
@@ -164,7 +166,7 @@ def test_stats_of_the_character_baseline():
         2 / 3
     )  # "c" and "d" are one character
     assert (
-        T.tokenization_stats(chars, "ab c d", unk_id=0)["unknown"] == 1
+        T.tokenization_stats(chars, "ab c d", unk_id=chars.unk_token_id)["unknown"] == 1
     )  # "d" never seen in training
     with pytest.raises(ValueError, match="empty"):
         T.tokenization_stats(chars, "")
@@ -194,8 +196,8 @@ def test_load_or_train_caches_and_reloads_with_autotokenizer(ctx, monkeypatch):
     monkeypatch.setattr(
         T, "train_bpe_tokenizer", lambda *a, **k: calls.append(a) or original(*a, **k)
     )
-    first = T.load_or_train_tokenizer(ctx, vocab_size=300)
-    second = T.load_or_train_tokenizer(ctx, vocab_size=300)
+    first = T.load_or_train_tokenizer(ctx.profile, vocab_size=300)
+    second = T.load_or_train_tokenizer(ctx.profile, vocab_size=300)
     assert len(calls) == 1
     folder = cache.artifact_dir("tokenizer-bpe300", "ci")
     assert cache.is_complete(folder) and (folder / "tokenizer.json").is_file()
@@ -210,9 +212,9 @@ def test_load_or_train_caches_and_reloads_with_autotokenizer(ctx, monkeypatch):
 
 
 def test_default_vocab_size_follows_the_profile(ctx):
-    assert T.default_vocab_size(ctx) == 512
+    assert T.default_vocab_size(ctx.profile) == 512
     with pytest.raises(ValueError, match="too small"):
-        T.load_or_train_tokenizer(ctx, vocab_size=10)
+        T.load_or_train_tokenizer(ctx.profile, vocab_size=10)
 
 
 def test_token_frequencies_count_every_token(tokenizer):
