@@ -31,10 +31,11 @@ book: setup
 	@echo "Open _build/html/index.html"
 
 chromium:
-	@command -v chromium >/dev/null || { \
-	  echo "Installing Debian's chromium for the site test"; \
+	@{ command -v chromium >/dev/null && fc-list :lang=zh | grep -q .; } || { \
+	  echo "Installing Debian's chromium and a Chinese font (the glossary's terms) for the site test"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    chromium fonts-wqy-microhei >/dev/null; }
 
 test: setup chromium
 	BOOK_PROFILE=ci $(BIN)/pytest

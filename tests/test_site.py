@@ -193,3 +193,34 @@ def test_bibliography_lists_the_corrected_references(open_page):
         "north american chapter of the association for computational linguistics"
         in text
     )
+
+
+#: Draws each character on a canvas in the page's font; a character no installed font
+#: has is drawn as the same empty box as a code point that no font has.
+DRAWS_A_GLYPH = """(chars) => {
+  const canvas = document.createElement('canvas');
+  canvas.width = canvas.height = 48;
+  const g = canvas.getContext('2d');
+  const font = getComputedStyle(document.querySelector('main')).fontFamily;
+  const draw = (ch) => {
+    g.clearRect(0, 0, 48, 48);
+    g.font = `32px ${font}`;
+    g.fillText(ch, 4, 36);
+    return canvas.toDataURL();
+  };
+  const missing = draw(String.fromCodePoint(0x10FFFD));
+  return chars.map((ch) => draw(ch) !== missing);
+}"""
+
+
+def test_glossary_chinese_terms_render(open_page):
+    page, _ = open_page("book/06_reference/03_glossary.html")
+    chinese = sorted(set(re.findall(r"[\u4e00-\u9fff]", page.inner_text("main"))))
+    assert len(chinese) >= 50, "the glossary should list the Chinese terms"
+    drawn = page.evaluate(DRAWS_A_GLYPH, chinese + ["A"])
+    assert drawn[-1], "the glyph check itself is broken: it cannot draw a Latin A"
+    missing = [ch for ch, ok in zip(chinese, drawn) if not ok]
+    assert not missing, (
+        f"{len(missing)} Chinese characters render as empty boxes, e.g. "
+        f"{''.join(missing[:10])}: install a CJK font (`make chromium` does)"
+    )

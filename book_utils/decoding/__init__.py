@@ -17,7 +17,8 @@ Every submodule is taught in chapter 5.1, book/05_deployment/01_decoding.ipynb:
 - :mod:`~book_utils.decoding.strategies` — the logits processors,
   :class:`DecodingConfig`, :func:`process_logits`
 - :mod:`~book_utils.decoding.generation` — left padding, the generation loop with or
-  without the KV cache, stop tokens, :func:`generate_text`
+  without the KV cache (:func:`generate_stream` yields it step by step, for a server
+  that streams), stop tokens, :func:`generate_text`
 - :mod:`~book_utils.decoding.repetition` — n-grams, distinct-n, the repeated n-gram rate
 - :mod:`~book_utils.decoding.kv_cache` — a toy attention head with a cache, the memory
   of a full cache
@@ -27,6 +28,7 @@ Every submodule is taught in chapter 5.1, book/05_deployment/01_decoding.ipynb:
 
 from book_utils.decoding.generation import (
     generate,
+    generate_stream,
     generate_text,
     left_pad,
     stop_token_ids,
@@ -60,6 +62,7 @@ __all__ = [
     "process_logits",
     "left_pad",
     "generate",
+    "generate_stream",
     "stop_token_ids",
     "until_stop",
     "generate_text",

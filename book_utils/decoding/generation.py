@@ -5,6 +5,9 @@ Sampling draws with ``torch.multinomial`` on the probabilities from the global R
 ``generate`` does. So the same settings and the same seed give *the same tokens* as
 ``model.generate``; chapter 5.1 checks it token for token.
 
+:func:`generate_stream` holds the loop and yields each step's new ids, so a server can
+stream a reply token by token (chapter 5.2); :func:`generate` collects its steps.
+
 Taught in chapter 5.1, book/05_deployment/01_decoding.ipynb ("Token for token against
 `model.generate`", "What each strategy writes", "Batching and left padding").
 """
@@ -12,7 +15,7 @@ Taught in chapter 5.1, book/05_deployment/01_decoding.ipynb ("Token for token ag
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -65,8 +68,7 @@ def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
     return (attention_mask.long().cumsum(-1) - 1).masked_fill(attention_mask == 0, 0)
 
 
-@torch.no_grad()
-def generate(
+def generate_stream(
     model,
     input_ids: torch.Tensor,
     max_new_tokens: int,
@@ -78,21 +80,14 @@ def generate(
     use_cache: bool = True,
     deadline: float | None = None,
     generator: torch.Generator | None = None,
-) -> torch.Tensor:
-    """Generate up to ``max_new_tokens`` tokens after ``input_ids`` ``(B, T)``; returns
-    ``(B, T + new)`` ids.
+) -> Iterator[torch.Tensor]:
+    """The generation loop, one step at a time: yields each step's new ids ``(B,)``.
 
-    With ``use_cache`` the prompt is run once (prefill) and each step feeds only the
-    newest token together with the keys and values of all earlier positions
-    (``past_key_values``, a ``DynamicCache``); without it every step recomputes the
-    whole prefix. A row that produced ``eos_token_id`` (one id, or several such as a
-    chat model's ``<|im_end|>`` and ``<|endoftext|>``, see :func:`stop_token_ids`) is
-    finished and padded with ``pad_token_id``; the loop stops when every row is
-    finished. Sampling uses the global torch RNG (seed it with ``torch.manual_seed``),
-    like ``model.generate``, unless ``generator`` is given (a training loop prints its
-    samples with its own generator, so they never change the run's random state).
-    ``deadline`` (a ``time.perf_counter()`` value) raises
-    :class:`TimeoutError` when passed, so a server can bound a request's time.
+    Takes the arguments of :func:`generate` and checks them at once (a bad argument
+    raises here, not at the first step). A server streams a reply with it, token by
+    token, and stops early by closing the iterator (``.close()``); :func:`generate`
+    collects every step. A finished row gets ``pad_token_id``; the iterator ends when
+    every row is finished or after ``max_new_tokens`` steps.
     """
     cfg = cfg or DecodingConfig()
     if (
@@ -128,8 +123,25 @@ def generate(
             )
         if pad_token_id is None:
             pad_token_id = int(stops[0])
-    ids, mask = input_ids.to(device), attention_mask.to(device)
-    unfinished = torch.ones(ids.shape[0], dtype=torch.bool, device=device)
+    return _steps(
+        model,
+        input_ids.to(device),
+        attention_mask.to(device),
+        max_new_tokens,
+        cfg,
+        stops,
+        pad_token_id,
+        use_cache,
+        deadline,
+        generator,
+    )
+
+
+@torch.no_grad()  # torch enters no_grad at every resumption, in whichever thread
+def _steps(
+    model, ids, mask, max_new_tokens, cfg, stops, pad_token_id, use_cache, deadline, rng
+):
+    unfinished = torch.ones(ids.shape[0], dtype=torch.bool, device=ids.device)
     past, step_ids = None, ids
     for _ in range(max_new_tokens):
         if deadline is not None and time.perf_counter() > deadline:
@@ -154,10 +166,10 @@ def generate(
         scores = process_logits(out.logits[:, -1].float(), ids, cfg)
         if cfg.do_sample:
             probs = torch.softmax(scores, dim=-1)
-            if generator is not None:
-                probs = probs.to(generator.device)
+            if rng is not None:
+                probs = probs.to(rng.device)
             next_ids = (
-                torch.multinomial(probs, num_samples=1, generator=generator)
+                torch.multinomial(probs, num_samples=1, generator=rng)
                 .squeeze(1)
                 .to(ids.device)
             )
@@ -170,11 +182,57 @@ def generate(
         ids = torch.cat([ids, next_ids[:, None]], dim=1)
         mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
         step_ids = next_ids[:, None]
+        yield next_ids
         if stops is not None:
             unfinished &= ~torch.isin(next_ids, stops)
             if not unfinished.any():
-                break
-    return ids
+                return
+
+
+@torch.no_grad()
+def generate(
+    model,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    cfg: DecodingConfig | None = None,
+    *,
+    attention_mask: torch.Tensor | None = None,
+    eos_token_id: int | Sequence[int] | None = None,
+    pad_token_id: int | None = None,
+    use_cache: bool = True,
+    deadline: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Generate up to ``max_new_tokens`` tokens after ``input_ids`` ``(B, T)``; returns
+    ``(B, T + new)`` ids.
+
+    With ``use_cache`` the prompt is run once (prefill) and each step feeds only the
+    newest token together with the keys and values of all earlier positions
+    (``past_key_values``, a ``DynamicCache``); without it every step recomputes the
+    whole prefix. A row that produced ``eos_token_id`` (one id, or several such as a
+    chat model's ``<|im_end|>`` and ``<|endoftext|>``, see :func:`stop_token_ids`) is
+    finished and padded with ``pad_token_id``; the loop stops when every row is
+    finished. Sampling uses the global torch RNG (seed it with ``torch.manual_seed``),
+    like ``model.generate``, unless ``generator`` is given (a training loop prints its
+    samples with its own generator, so they never change the run's random state).
+    ``deadline`` (a ``time.perf_counter()`` value) raises
+    :class:`TimeoutError` when passed, so a server can bound a request's time.
+    The loop itself is :func:`generate_stream`; this collects its steps.
+    """
+    steps = generate_stream(
+        model,
+        input_ids,
+        max_new_tokens,
+        cfg,
+        attention_mask=attention_mask,
+        eos_token_id=eos_token_id,
+        pad_token_id=pad_token_id,
+        use_cache=use_cache,
+        deadline=deadline,
+        generator=generator,
+    )
+    device = next(model.parameters()).device
+    return torch.cat([input_ids.to(device), torch.stack(list(steps), dim=1)], dim=1)
 
 
 def stop_token_ids(tokenizer) -> list[int]:
