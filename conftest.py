@@ -6,6 +6,7 @@ timing table).
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -24,7 +25,9 @@ def pytest_runtest_logreport(report):
 def pytest_terminal_summary(terminalreporter):
     if not _notebook_seconds:
         return
-    terminalreporter.section("notebook execution time (ci profile)")
+    terminalreporter.section(
+        f"notebook execution time ({os.environ.get('BOOK_PROFILE', 'full')} profile)"
+    )
     width = max(len(p) for p in _notebook_seconds)
     for path, seconds in _notebook_seconds.items():
         status = "FAILED" if path in _notebook_failed else "ok"
