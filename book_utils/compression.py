@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from book_utils.decoding import synchronize
-from book_utils.instruction_tuning import IGNORE_INDEX
+from book_utils.sft_data.masks import IGNORE_INDEX
 
 # --- size, latency, quality -----------------------------------------------------------
 
