@@ -210,6 +210,16 @@ def test_generate_replies_batched_equals_single_and_skips_long(tokenizer, record
     assert batched == single
     long = [{"role": "user", "content": "the dress " * 80}]
     assert it.generate_replies(model, tokenizer, [long], max_new_tokens=5) == [None]
+    # sampled replies: seeded, so reproducible; they differ from greedy; the
+    # caller's RNG stream is left where it was
+    state = torch.random.get_rng_state()
+    sample = dict(max_new_tokens=5, temperature=1.5)
+    first = it.generate_replies(model, tokenizer, prompts * 4, seed=3, **sample)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    assert it.generate_replies(model, tokenizer, prompts * 4, seed=3, **sample) == first
+    assert first != batched * 4
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        it.generate_replies(model, tokenizer, prompts, temperature=0)
     too_long = dict(records[0], messages=long + records[0]["messages"][-1:])
     frame = it.evaluate_closed(
         model, tokenizer, [records[0], too_long], max_new_tokens=5

@@ -189,18 +189,12 @@ def test_reference_equal_to_policy_gives_log_2_and_zero_rewards(tokenizer, rows)
         pref.pair_logprobs(policy, {"input_ids": batch["chosen_input_ids"]})
 
 
-def test_dpo_loss_matches_trl_on_trls_own_tokens(tokenizer, pairs, rows, tmp_path):
-    """Our loss equals TRL 1.16's ``DPOTrainer`` loss (sigmoid loss, beta 0.1) on the
-    same tokens, within 1e-5 relative.
-
-    TRL tokenizes a conversational pair itself: the completion is what follows
-    ``apply_chat_template(prompt, add_generation_prompt=True)`` in the rendered
-    prompt + reply, i.e. the reply, ``<|im_end|>`` *and the newline the template
-    writes after it*; our SFT mask (``tokenize_for_sft``) stops at ``<|im_end|>``. So
-    the check feeds our functions TRL's own collated batch (labels = input_ids on
-    TRL's ``completion_mask``, -100 elsewhere), and separately asserts that the only
-    difference is that one trailing token per side. The policy is perturbed so the
-    loss is not log 2 (policy = reference would hide a sign error)."""
+def trl_and_ours(tokenizer, pairs, tmp_path, **config):
+    """TRL's ``DPOTrainer`` loss on a batch of ``pairs`` (``config`` goes to
+    ``DPOConfig``; beta 0.1) and our sequence log-probabilities on TRL's own tokens
+    (labels = input_ids on TRL's ``completion_mask``, -100 elsewhere), from the same
+    perturbed policy and reference: (trainer, examples, trl loss, policy logps,
+    reference logps, labels)."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -216,6 +210,7 @@ def test_dpo_loss_matches_trl_on_trls_own_tokens(tokenizer, pairs, rows, tmp_pat
         bf16=False,
         activation_checkpointing=False,
         per_device_train_batch_size=len(pairs),
+        **config,
     )
     trainer = DPOTrainer(
         model=policy,
@@ -224,7 +219,6 @@ def test_dpo_loss_matches_trl_on_trls_own_tokens(tokenizer, pairs, rows, tmp_pat
         train_dataset=Dataset.from_list(pref.trl_rows(pairs)),
         processing_class=tokenizer,
     )
-    assert trainer.loss_types == ["sigmoid"]
     examples = [trainer.train_dataset[i] for i in range(len(pairs))]
     batch = trainer.data_collator(examples)
     with torch.no_grad():
@@ -235,6 +229,25 @@ def test_dpo_loss_matches_trl_on_trls_own_tokens(tokenizer, pairs, rows, tmp_pat
         inputs = (batch["input_ids"], batch["attention_mask"], labels)
         policy_logps = pref.sequence_logprobs(ours_policy, *inputs).chunk(2)
         reference_logps = pref.sequence_logprobs(ours_reference, *inputs).chunk(2)
+    return trainer, examples, trl_loss, policy_logps, reference_logps, labels
+
+
+def test_dpo_loss_matches_trl_on_trls_own_tokens(tokenizer, pairs, rows, tmp_path):
+    """Our loss equals TRL 1.16's ``DPOTrainer`` loss (sigmoid loss, beta 0.1) on the
+    same tokens, within 1e-5 relative.
+
+    TRL tokenizes a conversational pair itself: the completion is what follows
+    ``apply_chat_template(prompt, add_generation_prompt=True)`` in the rendered
+    prompt + reply, i.e. the reply, ``<|im_end|>`` *and the newline the template
+    writes after it*; our SFT mask (``tokenize_for_sft``) stops at ``<|im_end|>``. So
+    the check feeds our functions TRL's own collated batch (labels = input_ids on
+    TRL's ``completion_mask``, -100 elsewhere), and separately asserts that the only
+    difference is that one trailing token per side. The policy is perturbed so the
+    loss is not log 2 (policy = reference would hide a sign error)."""
+    trainer, examples, trl_loss, policy_logps, reference_logps, _ = trl_and_ours(
+        tokenizer, pairs, tmp_path
+    )
+    assert trainer.loss_types == ["sigmoid"]
     ours = pref.dpo_loss(*policy_logps, *reference_logps, beta=0.1)
     assert abs(trl_loss.item() - math.log(2)) > 1e-3
     torch.testing.assert_close(ours["loss"], trl_loss, rtol=1e-5, atol=0)
@@ -257,6 +270,37 @@ def test_dpo_loss_matches_trl_on_trls_own_tokens(tokenizer, pairs, rows, tmp_pat
             start = labels.index(next(x for x in labels if x != IGNORE_INDEX))
             assert example["prompt_ids"] == ids[:start]
             assert example[f"{side}_ids"] == trained + newline
+
+
+def test_rpo_adds_the_sft_loss_and_matches_trl(tokenizer, pairs, tmp_path):
+    """``sft_weight`` adds the mean NLL per chosen token (RPO), as TRL's
+    ``loss_type=["sigmoid", "sft"]`` with ``loss_weights=[1, w]`` does."""
+    pc = torch.tensor([-3.0, -6.0], dtype=torch.float64)
+    pr, ref = torch.tensor([-4.0, -4.0]).double(), torch.tensor([-3.5, -5.0]).double()
+    tokens = torch.tensor([2, 4])
+    plain = pref.dpo_loss(pc, pr, ref, ref, 0.5)
+    rpo = pref.dpo_loss(pc, pr, ref, ref, 0.5, sft_weight=2.0, chosen_tokens=tokens)
+    assert rpo["sft_loss"].item() == pytest.approx(9.0 / 6)  # 9 nats over 6 tokens
+    assert rpo["loss"].item() == pytest.approx(plain["loss"].item() + 2.0 * 1.5)
+    assert plain["sft_loss"].item() == 0.0
+    with pytest.raises(ValueError, match="needs chosen_tokens"):
+        pref.dpo_loss(pc, pr, ref, ref, 0.5, sft_weight=1.0)
+    with pytest.raises(ValueError, match="sft_weight must be"):
+        pref.dpo_loss(pc, pr, ref, ref, 0.5, sft_weight=-1.0, chosen_tokens=tokens)
+
+    _, _, trl_loss, policy_logps, reference_logps, labels = trl_and_ours(
+        tokenizer, pairs, tmp_path, loss_type=["sigmoid", "sft"], loss_weights=[1, 0.5]
+    )
+    chosen_tokens = pref.completion_tokens(labels).chunk(2)[0]
+    ours = pref.dpo_loss(
+        *policy_logps,
+        *reference_logps,
+        beta=0.1,
+        sft_weight=0.5,
+        chosen_tokens=chosen_tokens,
+    )
+    assert ours["sft_loss"] > 1.0  # a random model: the SFT term is not negligible
+    torch.testing.assert_close(ours["loss"], trl_loss, rtol=1e-5, atol=0)
 
 
 # --- data ----------------------------------------------------------------------------
@@ -312,6 +356,37 @@ def test_preference_pairs_follow_the_stated_rule():
     assert given[0]["split"] == "test"
     with pytest.raises(ValueError, match="max_repeat"):
         pref.preference_pairs(records, replies, parse_answer, max_repeat=0)
+
+
+def test_generic_replies_become_pairs_and_are_measured():
+    chats = [
+        record(i, f"question {i}", None, task="chat", reply=f"A real answer {i}.")
+        for i in range(6)
+    ]
+    replies = ["I'm not sure.", "i'm  NOT sure.", "I'm not sure.", "Fine.", "Fine."]
+    replies.append("Paris is the capital.")
+    assert pref.generic_replies(replies) == {"i'm not sure."}
+    assert pref.generic_replies(replies, min_prompts=2) == {"i'm not sure.", "fine."}
+    pairs = pref.preference_pairs(chats, replies, parse_answer)
+    assert [(p["id"], p["reason"]) for p in pairs] == [
+        ("r0", "generic"),
+        ("r1", "generic"),
+        ("r2", "generic"),
+    ]
+    assert pairs[1]["rejected"] == "i'm  NOT sure." and pairs[1]["chosen"] == (
+        "A real answer 1."
+    )
+    # a closed task's replies never count towards the open tasks' generic ones
+    mixed = [record(9, "the fit is great", "positive"), *chats[3:]]
+    pairs = pref.preference_pairs(mixed, ["Fine.", *replies[3:]], parse_answer)
+    assert [p["reason"] for p in pairs] == ["unparsed"]
+    assert pref.generic_share(replies) == pytest.approx(3 / 6)
+    assert pref.generic_flags(replies) == [True] * 3 + [False] * 3
+    assert pref.generic_share([*replies, None], min_prompts=2) == pytest.approx(5 / 7)
+    with pytest.raises(ValueError, match="no replies"):
+        pref.generic_share([])
+    with pytest.raises(ValueError, match="min_prompts"):
+        pref.generic_replies(replies, min_prompts=0)
 
 
 def test_validate_pairs_catches_each_bad_case():
@@ -429,6 +504,7 @@ def test_measures_against_hand_computations(tokenizer, rows):
     assert accuracy == ((pc - rc) > (pr - rr)).sum().item() / len(rows)
     assert pref.implicit_reward_accuracy(reference, reference, batches) == 0.0
     assert pref.preference_win_rate(policy, batches) == (pc > pr).sum() / len(rows)
+    assert pref.preference_wins(policy, batches).tolist() == (pc > pr).tolist()
     normalized = pref.preference_win_rate(policy, batches[0], normalize=True)
     assert normalized == (nc[:3] > nr[:3]).sum().item() / 3
     with pytest.raises(ValueError, match="no batches"):
@@ -467,6 +543,7 @@ def test_train_dpo_learns_the_preferences(tokenizer, rows):
     )
     assert set(history) == set(pref.HISTORY_KEYS)
     assert len(history["loss"]) == 30 and history["step"][-1] == 29
+    assert history["sft_loss"] == [0.0] * 30
     assert history["loss"][0] == pytest.approx(math.log(2), abs=1e-5)
     assert history["accuracy"][-1] == 1.0 and history["margins"][-1] > 0
     assert history["loss"][-1] < history["loss"][0]
@@ -474,6 +551,39 @@ def test_train_dpo_learns_the_preferences(tokenizer, rows):
     batches = pref.preference_batches(rows, 4, tokenizer.pad_token_id)
     assert pref.implicit_reward_accuracy(policy, reference, batches) == 1.0
     assert pref.kl_to_reference(policy, reference, batches) > 0
+    # the reference's log-probabilities computed once give the same run
+    precomputed = pref.precompute_reference(
+        reference, rows, batch_size=3, pad_token_id=tokenizer.pad_token_id
+    )
+    assert set(pref.REFERENCE_KEYS) <= set(precomputed[0])
+    batch = pref.PreferenceCollator(tokenizer.pad_token_id)(precomputed)
+    torch.testing.assert_close(
+        torch.stack([batch[k] for k in pref.REFERENCE_KEYS]),
+        torch.stack(pref.pair_logprobs(reference, batch)).detach(),
+    )
+    again = copy.deepcopy(reference)
+    fast = pref.train_dpo(
+        again,
+        None,
+        precomputed,
+        beta=0.1,
+        steps=30,
+        learning_rate=1e-2,
+        batch_size=4,
+        seed=0,
+    )
+    assert fast["loss"] == pytest.approx(history["loss"], rel=1e-4, abs=1e-6)
+    with pytest.raises(ValueError, match="no reference log-probabilities"):
+        pref.train_dpo(
+            again,
+            None,
+            rows,
+            beta=0.1,
+            steps=1,
+            learning_rate=1e-3,
+            batch_size=4,
+            seed=0,
+        )
     with pytest.raises(ValueError, match="larger than the 4 pairs"):
         pref.train_dpo(
             policy,

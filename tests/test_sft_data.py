@@ -1,5 +1,6 @@
 import copy
 import json
+from collections import Counter
 
 import pytest
 
@@ -344,6 +345,34 @@ def test_build_is_deterministic_valid_and_leak_free():
         sd.validate_records(rows)
     assert {r["task"] for r in records["train"]} == set(sd.TASKS)
     assert report["items_raw"]["reviews"] == 60
+
+
+def test_fresh_records_come_from_the_split_and_avoid_every_sft_item():
+    items = fake_items(400)
+    records, _ = sd.build_sft_records("ci", items=items)
+    wanted = {"sentiment": 10, "chat": 30}
+    both = sd.fresh_records(
+        {"train": wanted, "test": {"chat": 5}}, profile="ci", items=items
+    )
+    assert both == sd.fresh_records(
+        {"train": wanted, "test": {"chat": 5}}, profile="ci", items=items
+    )
+    fresh = both["train"]
+    sd.validate_records(fresh)
+    assert len(both["test"]) == 5
+    assert all(sd.split_of(r["source_id"]) == "test" for r in both["test"])
+    assert Counter(r["task"] for r in fresh) == wanted
+    assert Counter(r["answer"] for r in fresh if r["task"] == "sentiment") == {
+        "positive": 5,
+        "negative": 5,
+    }
+    used = {r["source_id"] for rows in records.values() for r in rows}
+    assert used.isdisjoint(r["source_id"] for r in fresh)
+    assert all(sd.split_of(r["source_id"]) == "train" for r in fresh)
+    with pytest.raises(ValueError, match="unknown tasks \\['poetry'\\]"):
+        sd.fresh_records({"train": {"poetry": 3}}, profile="ci", items=items)
+    with pytest.raises(ValueError, match="split must be one of"):
+        sd.fresh_records({"dev": {"sentiment": 3}}, profile="ci", items=items)
 
 
 def test_split_depends_only_on_the_source_item():

@@ -26,10 +26,15 @@ def generate_replies(
     batch_size: int = 32,
     progress: bool = False,
     context: int | None = None,
+    temperature: float | None = None,
+    seed: int = 0,
 ) -> list[str | None]:
     """Greedy replies (deterministic) to chat ``prompts`` (lists of messages without
     the answer), batched with left padding so every prompt ends where generation
-    starts (chapter 4c).
+    starts (chapter 4c). With a ``temperature`` > 0 the replies are sampled instead
+    (the full distribution at that temperature, the torch generator seeded with
+    ``seed``: the same call gives the same replies), as chapter 4c.5 does to collect
+    several replies per prompt.
 
     Each prompt is rendered with the tokenizer's chat template and
     ``add_generation_prompt=True``; generation stops at ``<|im_end|>`` or eos. A prompt
@@ -41,6 +46,15 @@ def generate_replies(
 
     positive_int("max_new_tokens", max_new_tokens)
     positive_int("batch_size", batch_size)
+    if temperature is not None and not temperature > 0:
+        raise ValueError(
+            f"temperature must be > 0 (or None for greedy), got {temperature!r}"
+        )
+    sampling = (
+        dict(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0)
+        if temperature
+        else dict(do_sample=False)
+    )
     limit = (context or context_length(model)) - max_new_tokens
     texts = [
         tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True)
@@ -57,30 +71,34 @@ def generate_replies(
     stops = stop_token_ids(tokenizer)
     was_training = model.training
     model.eval()
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="generate", disable=not progress, leave=False):
-        chunk = order[start : start + batch_size]
-        longest = max(len(encoded[i]) for i in chunk)
-        gaps = [longest - len(encoded[i]) for i in chunk]
-        ids = torch.tensor(
-            [[pad] * gap + encoded[i] for i, gap in zip(chunk, gaps)], device=device
-        )
-        mask = torch.tensor(
-            [[0] * gap + [1] * len(encoded[i]) for i, gap in zip(chunk, gaps)],
-            device=device,
-        )
-        out = model.generate(
-            input_ids=ids,
-            attention_mask=mask,
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            eos_token_id=stops,
-            pad_token_id=pad,
-        )
-        for i, row in zip(chunk, out[:, longest:].tolist()):
-            replies[i] = tokenizer.decode(
-                until_stop(row, stops), skip_special_tokens=True
+    # sampling draws from a seeded fork of the RNG: the caller's stream is untouched
+    forked = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=forked):
+        torch.manual_seed(seed)
+        starts = range(0, len(order), batch_size)
+        for start in tqdm(starts, desc="generate", disable=not progress, leave=False):
+            chunk = order[start : start + batch_size]
+            longest = max(len(encoded[i]) for i in chunk)
+            gaps = [longest - len(encoded[i]) for i in chunk]
+            ids = torch.tensor(
+                [[pad] * gap + encoded[i] for i, gap in zip(chunk, gaps)], device=device
             )
+            mask = torch.tensor(
+                [[0] * gap + [1] * len(encoded[i]) for i, gap in zip(chunk, gaps)],
+                device=device,
+            )
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                **sampling,
+                eos_token_id=stops,
+                pad_token_id=pad,
+            )
+            for i, row in zip(chunk, out[:, longest:].tolist()):
+                replies[i] = tokenizer.decode(
+                    until_stop(row, stops), skip_special_tokens=True
+                )
     model.train(was_training)
     return replies
 

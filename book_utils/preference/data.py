@@ -10,6 +10,7 @@ mistakes").
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -23,6 +24,8 @@ from book_utils.sft_data.schema import CLOSED_TASKS, OPEN_TASKS, SPLITS
 PAIR_FIELDS = ("id", "task", "split", "source_id", "prompt", "chosen", "rejected")
 SIDES = ("chosen", "rejected")
 KEYS = ("input_ids", "attention_mask", "labels")
+#: The frozen reference's log π_ref(y|x) of each side, when computed once up front.
+REFERENCE_KEYS = ("reference_chosen_logps", "reference_rejected_logps")
 
 
 # --- pairs from the model's replies --------------------------------------------------
@@ -33,6 +36,22 @@ def _rows(records) -> list:
     if any(not isinstance(r, Mapping) for r in rows):
         raise TypeError("records must be SFT record dicts (see sft_data.schema)")
     return rows
+
+
+def reply_key(reply: str) -> str:
+    """A reply case- and whitespace-folded: two replies with one key are the same
+    reply."""
+    return " ".join(reply.lower().split())
+
+
+def generic_replies(replies: Sequence[str | None], min_prompts: int = 3) -> set[str]:
+    """The generic replies (通用回复, the "I don't know" of a chat model): the keys
+    (:func:`reply_key`) of the replies given, word for word, to ``min_prompts`` or
+    more of the prompts answered. A model that says the same thing to many
+    different people is not answering them."""
+    min_prompts = positive_int("min_prompts", min_prompts)
+    counts = Counter(reply_key(r) for r in replies if r and r.strip())
+    return {key for key, n in counts.items() if n >= min_prompts}
 
 
 def _degenerate(reply: str, n: int, max_repeat: float) -> bool | None:
@@ -49,6 +68,7 @@ def preference_pairs(
     *,
     max_repeat: float = 0.3,
     n: int = 3,
+    min_prompts: int = 3,
     split: str | None = None,
 ) -> list[dict]:
     """On-policy preference pairs: for each SFT record and the model's own reply to
@@ -64,7 +84,10 @@ def preference_pairs(
     - open task (chat, continue, ifbench): the reply is bad when it is degenerate:
       its repeated word n-gram rate (:func:`book_utils.decoding.repeated_ngram_rate`
       on the lower-cased whitespace words, ``n``-grams) is ``max_repeat`` or more
-      (reason ``"degenerate"``); a reply of fewer than ``n`` words is not judged;
+      (reason ``"degenerate"``; a reply of fewer than ``n`` words is not judged so),
+      or when it is generic: the model gave it, word for word, to ``min_prompts``
+      or more of the open prompts in ``records`` (:func:`generic_replies`, reason
+      ``"generic"``);
     - no pair for a missing reply (``None``: the prompt did not fit), an empty one
       (the record contract forbids empty assistant turns) or one equal to the
       reference.
@@ -83,6 +106,10 @@ def preference_pairs(
     n = positive_int("n", n)
     if not 0 < max_repeat <= 1:
         raise ValueError(f"max_repeat must be in (0, 1], got {max_repeat!r}")
+    open_replies = [
+        reply for r, reply in zip(rows, replies) if r.get("task") in OPEN_TASKS
+    ]
+    generic = generic_replies(open_replies, min_prompts)
     pairs = []
     for i, (record, reply) in enumerate(zip(rows, replies)):
         task, messages = record.get("task"), record.get("messages")
@@ -106,6 +133,8 @@ def preference_pairs(
                 continue
         elif _degenerate(reply, n, max_repeat):
             reason = "degenerate"
+        elif reply_key(reply) in generic:
+            reason = "generic"
         else:
             continue
         pairs.append(
@@ -276,7 +305,9 @@ class PreferenceCollator:
     ``rejected_`` ``input_ids`` (pad id), ``attention_mask`` (0) and ``labels``
     (:data:`IGNORE_INDEX`), right-padded, both sides to one length so that
     :func:`~book_utils.preference.loss.pair_logprobs` can run them in one forward.
-    Other columns (``id``) are dropped."""
+    Precomputed reference log-probabilities (:data:`REFERENCE_KEYS`, from
+    :func:`~book_utils.preference.train.precompute_reference`) become float32
+    tensors of the same names; other columns (``id``) are dropped."""
 
     def __init__(self, pad_token_id: int):
         if pad_token_id is None:
@@ -298,6 +329,10 @@ class PreferenceCollator:
                 rows = [list(f[f"{side}_{key}"]) for f in features]
                 padded = [row + [fill[key]] * (longest - len(row)) for row in rows]
                 batch[f"{side}_{key}"] = torch.tensor(padded, dtype=torch.long)
+        for key in REFERENCE_KEYS:
+            if key in features[0]:
+                values = [f[key] for f in features]
+                batch[key] = torch.tensor(values, dtype=torch.float32)
         return batch
 
 

@@ -115,8 +115,22 @@ def _check_beta(beta) -> float:
     return float(beta)
 
 
+def completion_tokens(labels) -> torch.Tensor:
+    """Completion tokens per row, ``(B,)``: the labels after the first position that
+    are not :data:`~book_utils.sft_data.masks.IGNORE_INDEX` (what
+    :func:`sequence_logprobs` sums over)."""
+    return (torch.as_tensor(labels)[:, 1:] != IGNORE_INDEX).sum(dim=1)
+
+
 def dpo_loss(
-    policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta: float
+    policy_chosen,
+    policy_rejected,
+    reference_chosen,
+    reference_rejected,
+    beta: float,
+    *,
+    sft_weight: float = 0.0,
+    chosen_tokens=None,
 ) -> dict:
     """The DPO loss (Rafailov et al. 2023) of a batch of pairs, from the sequence
     log-probabilities of the policy and of the frozen reference (each ``(B,)``).
@@ -129,11 +143,27 @@ def dpo_loss(
     strictly above the rejected one (0 when policy = reference, where every margin is
     0 and the loss is log 2).
 
-    Returns ``loss`` (a scalar tensor that carries the gradient), the three ``(B,)``
-    tensors (detached) and ``accuracy`` (a float). Raises ``ValueError`` for a beta
-    that is not > 0, or inputs that are not four 1-D tensors of one non-zero length.
+    ``sft_weight`` > 0 adds that multiple of the SFT loss on the chosen replies,
+    the mean negative log-likelihood per chosen token of the batch,
+    −Σ πc / Σ ``chosen_tokens`` (RPO, Pang et al. 2024; TRL's ``loss_type=["sigmoid",
+    "sft"]``): it keeps the probability of the preferred reply from falling while
+    the margin grows. ``chosen_tokens`` (``(B,)``, :func:`completion_tokens` of the
+    chosen labels) is then required.
+
+    Returns ``loss`` (a scalar tensor that carries the gradient), ``sft_loss``
+    (detached; 0 when ``sft_weight`` is 0), the three ``(B,)`` tensors (detached) and
+    ``accuracy`` (a float). Raises ``ValueError`` for a beta that is not > 0, a
+    negative ``sft_weight`` or one without ``chosen_tokens``, or inputs that are not
+    four 1-D tensors of one non-zero length.
     """
     beta = _check_beta(beta)
+    if not (isinstance(sft_weight, numbers.Real) and 0 <= sft_weight < math.inf):
+        raise ValueError(f"sft_weight must be a finite number >= 0, got {sft_weight!r}")
+    if sft_weight and chosen_tokens is None:
+        raise ValueError(
+            "sft_weight > 0 needs chosen_tokens (completion_tokens(chosen_labels)): "
+            "the SFT term is a mean over the chosen tokens"
+        )
     names = ("policy_chosen", "policy_rejected", "reference_chosen")
     values = (policy_chosen, policy_rejected, reference_chosen, reference_rejected)
     values = [torch.as_tensor(v) for v in values]
@@ -151,8 +181,15 @@ def dpo_loss(
     chosen_rewards = beta * (pc - rc)
     rejected_rewards = beta * (pr - rr)
     margins = chosen_rewards - rejected_rewards
+    loss = F.softplus(-margins).mean()
+    sft_loss = torch.zeros((), dtype=dtype, device=device)
+    if sft_weight:
+        tokens = torch.as_tensor(chosen_tokens, device=device).sum()
+        sft_loss = -pc.sum() / tokens
+        loss = loss + sft_weight * sft_loss
     return {
-        "loss": F.softplus(-margins).mean(),
+        "loss": loss,
+        "sft_loss": sft_loss.detach(),
         "chosen_rewards": chosen_rewards.detach(),
         "rejected_rewards": rejected_rewards.detach(),
         "margins": margins.detach(),

@@ -1,7 +1,9 @@
 """What preference tuning changes, measured on held-out pairs: how far the policy
 moved from the reference (:func:`kl_to_reference`), how often its implicit reward
 ranks a pair right (:func:`implicit_reward_accuracy`), and how often it gives the
-chosen reply more probability than the rejected one (:func:`preference_win_rate`).
+chosen reply more probability than the rejected one (:func:`preference_wins`,
+:func:`preference_win_rate`); and, on generated replies, which of them are generic
+(:func:`generic_flags`, :func:`generic_share`).
 
 Chapter 4c.5, book/04_sft/08_preference_tuning.ipynb ("What DPO changed").
 
@@ -18,6 +20,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
+from book_utils.preference.data import generic_replies, reply_key
 from book_utils.preference.loss import _device, pair_logprobs
 from book_utils.sft_data.masks import IGNORE_INDEX
 
@@ -111,17 +114,44 @@ def implicit_reward_accuracy(
     return right / pairs
 
 
-def preference_win_rate(
+def preference_wins(
     policy, batch: Mapping | Iterable[Mapping], *, normalize: bool = False
-) -> float:
-    """Share of pairs where the policy itself gives the chosen reply a higher
-    log-probability than the rejected one: log π(chosen|x) > log π(rejected|x), no
+) -> torch.Tensor:
+    """Per pair, in order: does the policy itself give the chosen reply a higher
+    log-probability than the rejected one, log π(chosen|x) > log π(rejected|x)? No
     reference involved. ``normalize=True`` compares the mean log-probability per
-    completion token instead, so that a short reply does not win by being short."""
-    wins, pairs = 0, 0
+    completion token instead, so that a short reply does not win by being short.
+    A bool tensor, one entry per pair (for intervals; :func:`preference_win_rate`
+    is its mean)."""
+    wins = []
     with _evaluating(policy):
         for item in _batches(batch):
             chosen, rejected = pair_logprobs(policy, item, average=normalize)
-            wins += int((chosen > rejected).sum())
-            pairs += len(chosen)
-    return wins / pairs
+            wins.append((chosen > rejected).cpu())
+    return torch.cat(wins)
+
+
+def preference_win_rate(
+    policy, batch: Mapping | Iterable[Mapping], *, normalize: bool = False
+) -> float:
+    """Share of pairs where the policy gives the chosen reply the higher
+    log-probability (:func:`preference_wins`)."""
+    wins = preference_wins(policy, batch, normalize=normalize)
+    return int(wins.sum()) / len(wins)
+
+
+def generic_flags(replies, min_prompts: int = 3) -> list[bool]:
+    """Per reply (one per prompt), in order: is it generic, given word for word to
+    ``min_prompts`` or more of these prompts
+    (:func:`~book_utils.preference.data.generic_replies`)? A missing reply is not."""
+    replies = list(replies)
+    if not replies:
+        raise ValueError("no replies to measure")
+    generic = generic_replies(replies, min_prompts)
+    return [bool(r) and reply_key(r) in generic for r in replies]
+
+
+def generic_share(replies, min_prompts: int = 3) -> float:
+    """Share of ``replies`` that are generic (:func:`generic_flags`)."""
+    flags = generic_flags(replies, min_prompts)
+    return sum(flags) / len(flags)

@@ -1,7 +1,8 @@
 """The DPO training loop, written out: :func:`train_dpo` (forward both sides of each
 pair through the policy and, under ``no_grad``, the frozen reference; the DPO loss;
-backward, clipping, AdamW step, schedule step), with the schedule :func:`lr_factor`
-and the seeded batch order :func:`pair_order`.
+backward, clipping, AdamW step, schedule step), with the schedule :func:`lr_factor`,
+the seeded batch order :func:`pair_order` and :func:`precompute_reference` (the
+reference's log-probabilities, once for all runs).
 
 Chapter 4c.5, book/04_sft/08_preference_tuning.ipynb ("A DPO loop"), which shows
 :func:`train_dpo` next to chapter 3.2's ``train_step``
@@ -16,8 +17,13 @@ from collections.abc import Iterator, Mapping, Sequence
 import torch
 
 from book_utils.checks import positive_int
-from book_utils.preference.data import PreferenceCollator
-from book_utils.preference.loss import _check_beta, dpo_loss, pair_logprobs
+from book_utils.preference.data import REFERENCE_KEYS, PreferenceCollator
+from book_utils.preference.loss import (
+    _check_beta,
+    completion_tokens,
+    dpo_loss,
+    pair_logprobs,
+)
 
 SCHEDULES = ("cosine", "constant")
 #: What :func:`train_dpo` records per step.
@@ -25,6 +31,7 @@ HISTORY_KEYS = (
     "step",
     "lr",
     "loss",
+    "sft_loss",
     "accuracy",
     "margins",
     "chosen_rewards",
@@ -62,6 +69,28 @@ def pair_order(n_pairs: int, batch_size: int, steps: int, seed: int) -> Iterator
         stream = stream[batch_size:]
 
 
+def precompute_reference(
+    reference, pairs: Sequence[Mapping], *, batch_size: int = 32, pad_token_id: int
+) -> list[dict]:
+    """The tokenized ``pairs`` with the frozen reference's log-probabilities of both
+    sides added (:data:`~book_utils.preference.data.REFERENCE_KEYS`): computed once,
+    in eval mode, so that :func:`train_dpo` runs a single model per step, and every
+    run of a β sweep shares them (TRL's ``precompute_ref_log_probs``)."""
+    positive_int("batch_size", batch_size)
+    collate = PreferenceCollator(pad_token_id)
+    out = []
+    was_training = reference.training
+    reference.eval()
+    with torch.no_grad():
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            chosen, rejected = pair_logprobs(reference, collate(chunk))
+            for pair, c, r in zip(chunk, chosen.tolist(), rejected.tolist()):
+                out.append({**pair, REFERENCE_KEYS[0]: c, REFERENCE_KEYS[1]: r})
+    reference.train(was_training)
+    return out
+
+
 def _check_run(pairs, beta, steps, learning_rate, batch_size, clip) -> None:
     _check_beta(beta)
     positive_int("steps", steps)
@@ -86,6 +115,7 @@ def train_dpo(
     learning_rate: float,
     batch_size: int,
     seed: int,
+    sft_weight: float = 0.0,
     clip: float = 1.0,
     warmup: float = 0.1,
     schedule: str = "cosine",
@@ -93,13 +123,22 @@ def train_dpo(
 ) -> dict[str, list]:
     """DPO on tokenized ``pairs`` (:func:`~book_utils.preference.data.tokenize_pair`
     rows) for ``steps`` AdamW steps; the reference stays frozen (eval mode, no
-    gradients); batches come in a seeded order (:func:`pair_order`), the learning
-    rate warms up linearly then follows ``schedule`` (:func:`lr_factor`). Returns the
-    history: per step the learning rate, loss, reward accuracy, mean margin, mean
+    gradients; rows from :func:`precompute_reference` carry its log-probabilities,
+    and then ``reference`` is not run at all and may be None); batches come in a
+    seeded order (:func:`pair_order`), the learning rate warms up linearly then
+    follows ``schedule`` (:func:`lr_factor`).
+    ``sft_weight`` > 0 adds the SFT loss on the chosen replies (RPO, see
+    :func:`~book_utils.preference.loss.dpo_loss`). Returns the history: per step the
+    learning rate, loss, its SFT part, reward accuracy, mean margin, mean
     chosen/rejected rewards and gradient norm (before clipping)."""
     from tqdm.auto import tqdm
 
     _check_run(pairs, beta, steps, learning_rate, batch_size, clip)
+    if reference is None and any(REFERENCE_KEYS[0] not in p for p in pairs):
+        raise ValueError(
+            "reference is None, but the pairs carry no reference log-probabilities: "
+            "pass the reference model or rows from precompute_reference"
+        )
     collate = PreferenceCollator(policy.config.pad_token_id or 0)
     params = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
@@ -108,16 +147,26 @@ def train_dpo(
     )
     history = {key: [] for key in HISTORY_KEYS}
     policy.train()
-    reference.eval()
+    if reference is not None:
+        reference.eval()
     order = pair_order(len(pairs), batch_size, steps, seed)
     order = tqdm(order, desc="DPO", total=steps, disable=not progress)
     for step, indices in enumerate(order):
         batch = collate([pairs[i] for i in indices])
         policy_chosen, policy_rejected = pair_logprobs(policy, batch)
-        with torch.no_grad():
-            reference_chosen, reference_rejected = pair_logprobs(reference, batch)
+        if REFERENCE_KEYS[0] in batch:
+            reference_chosen, reference_rejected = (batch[k] for k in REFERENCE_KEYS)
+        else:
+            with torch.no_grad():
+                reference_chosen, reference_rejected = pair_logprobs(reference, batch)
         out = dpo_loss(
-            policy_chosen, policy_rejected, reference_chosen, reference_rejected, beta
+            policy_chosen,
+            policy_rejected,
+            reference_chosen,
+            reference_rejected,
+            beta,
+            sft_weight=sft_weight,
+            chosen_tokens=completion_tokens(batch["chosen_labels"]),
         )
         out["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
@@ -126,6 +175,7 @@ def train_dpo(
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         row = dict(step=step, lr=lr, loss=out["loss"].item(), accuracy=out["accuracy"])
+        row["sft_loss"] = out["sft_loss"].item()
         for key in ("margins", "chosen_rewards", "rejected_rewards"):
             row[key] = out[key].mean().item()
         row["grad_norm"] = float(grad_norm)

@@ -22,8 +22,9 @@ submodules, in the order the chapter uses them:
   labelled items into instructions with several phrasings (templates) per task
   (:func:`make_record`);
 - :mod:`~book_utils.sft_data.build` (chapter 4b): leak-free splits by source item
-  (:func:`split_of`, :func:`assert_no_leakage`), balancing, and the whole build
-  (:func:`build_sft_records`);
+  (:func:`split_of`, :func:`assert_no_leakage`), balancing, the whole build
+  (:func:`build_sft_records`) and :func:`fresh_records` (more records of a split
+  from the items SFT does not use; chapter 4c.5's preference prompts);
 - :mod:`~book_utils.sft_data.storage` (chapters 4b and 4c): strict JSONL reading
   (:func:`read_jsonl`, :func:`validate_jsonl`), atomic writing, and
   :func:`load_or_build_sft_dataset`, which caches the result as JSONL under
@@ -45,6 +46,7 @@ from book_utils.sft_data.build import (
     assert_no_leakage,
     build_sft_records,
     collect_items,
+    fresh_records,
     split_of,
 )
 from book_utils.sft_data.cleaning import (
@@ -173,6 +175,7 @@ __all__ = [
     "FILL_ORDER",
     "collect_items",
     "build_sft_records",
+    "fresh_records",
     # storage
     "read_jsonl",
     "validate_jsonl",

@@ -1,8 +1,9 @@
 """The whole dataset build: leak-free splits by source item (:func:`split_of`,
-:func:`assert_no_leakage`), the sources each task reads, balanced sampling, and
+:func:`assert_no_leakage`), the sources each task reads, balanced sampling,
 :func:`build_sft_records` (items -> cleaning -> split -> balanced records ->
-validation, with a cleaning report). Records per task and split come from
-:data:`book_utils.sizes.SFT_RECORDS`.
+validation, with a cleaning report) and :func:`fresh_records` (more records from the
+items SFT leaves unused: chapter 4c.5's preference prompts). Records per task and
+split come from :data:`book_utils.sizes.SFT_RECORDS`.
 
 Taught in chapter 4b, book/04_sft/03_sft_data.ipynb ("Splits without leaks",
 "The build").
@@ -132,6 +133,66 @@ def _take(task: str, pool: list[dict], n: int, used: set[str], seed: int) -> lis
     return out
 
 
+def _split_pools(
+    items: Mapping[str, list[dict]], seed: int
+) -> tuple[dict[str, dict[str, list[dict]]], dict]:
+    """Clean every source, split its items by source item and shuffle each split's
+    pool with ``seed``: ``({split: {source: items}}, cleaning report)``."""
+    report = {"cleaning": {}, "items_raw": {}, "items_clean": {}}
+    clean: dict[str, list[dict]] = {}
+    for source, raw in items.items():
+        lo, hi = CLEANING[source]
+        clean[source], removed = clean_items(raw, min_chars=lo, max_chars=hi)
+        report["items_raw"][source] = len(raw)
+        report["items_clean"][source] = len(clean[source])
+        report["cleaning"][source] = dict(sorted(removed.items()))
+    rng = np.random.default_rng(seed)
+    by_split: dict[str, dict[str, list[dict]]] = {s: defaultdict(list) for s in SPLITS}
+    for source, kept in clean.items():
+        for item in kept:
+            by_split[split_of(item["source_id"], seed)][source].append(item)
+    for split in SPLITS:
+        for source in sorted(by_split[split]):
+            pool = by_split[split][source]
+            by_split[split][source] = [pool[i] for i in rng.permutation(len(pool))]
+    return by_split, report
+
+
+def _fill(
+    pools: Mapping[str, list[dict]],
+    sizes: Mapping[str, int],
+    seed: int,
+    skip: frozenset = frozenset(),
+) -> list[dict]:
+    """Records of each task in :data:`FILL_ORDER`, ``sizes[task]`` of them, from one
+    split's ``pools``, never from an item in ``skip``."""
+    out = []
+    for task in FILL_ORDER:
+        if not sizes.get(task):
+            continue
+        pool = [it for src in TASK_SOURCES[task] for it in pools[src]]
+        if len(TASK_SOURCES[task]) > 1:  # interleave the sources of a mixed task
+            order = np.random.default_rng(seed + 1).permutation(len(pool))
+            pool = [pool[i] for i in order]
+        out += _take(task, pool, sizes[task], set(skip), seed)
+    return out
+
+
+def _build(profile, seed, items):
+    """The SFT records, the cleaning report and the shuffled pools they came from."""
+    sizes = for_profile(SFT_RECORDS, profile)
+    items = collect_items(profile) if items is None else items
+    by_split, report = _split_pools(items, seed)
+    records = {
+        split: _fill(by_split[split], {t: n[i] for t, n in sizes.items()}, seed)
+        for i, split in enumerate(SPLITS)
+    }
+    for split in SPLITS:
+        validate_records(records[split])
+    assert_no_leakage(records)
+    return records, report, by_split
+
+
 def build_sft_records(
     profile: str, seed: int = 0, items: Mapping[str, list[dict]] | None = None
 ) -> tuple[dict[str, list[dict]], dict]:
@@ -146,36 +207,37 @@ def build_sft_records(
     cleaning. Deterministic: items are sorted by ``source_id`` and shuffled with
     ``seed``. Taught in chapter 4b.
     """
-    sizes = for_profile(SFT_RECORDS, profile)
-    items = collect_items(profile) if items is None else items
-    report = {"cleaning": {}, "items_raw": {}, "items_clean": {}}
-    clean: dict[str, list[dict]] = {}
-    for source, raw in items.items():
-        lo, hi = CLEANING[source]
-        clean[source], removed = clean_items(raw, min_chars=lo, max_chars=hi)
-        report["items_raw"][source] = len(raw)
-        report["items_clean"][source] = len(clean[source])
-        report["cleaning"][source] = dict(sorted(removed.items()))
-    rng = np.random.default_rng(seed)
-    by_split: dict[str, dict[str, list[dict]]] = {s: defaultdict(list) for s in SPLITS}
-    for source, kept in clean.items():
-        for item in kept:
-            by_split[split_of(item["source_id"], seed)][source].append(item)
-    records: dict[str, list[dict]] = {}
-    for s_index, split in enumerate(SPLITS):
-        out = []
-        for source in sorted(by_split[split]):
-            pool = by_split[split][source]
-            by_split[split][source] = [pool[i] for i in rng.permutation(len(pool))]
-        for task in FILL_ORDER:
-            n = sizes[task][s_index]
-            pool = [it for src in TASK_SOURCES[task] for it in by_split[split][src]]
-            if len(TASK_SOURCES[task]) > 1:  # interleave the sources of a mixed task
-                order = np.random.default_rng(seed + 1).permutation(len(pool))
-                pool = [pool[i] for i in order]
-            out += _take(task, pool, n, set(), seed)
-        records[split] = out
-    for split in SPLITS:
-        validate_records(records[split])
-    assert_no_leakage(records)
+    records, report, _ = _build(profile, seed, items)
     return records, report
+
+
+def fresh_records(
+    sizes: Mapping[str, Mapping[str, int]],
+    *,
+    profile: str,
+    seed: int = 0,
+    items: Mapping[str, list[dict]] | None = None,
+) -> dict[str, list[dict]]:
+    """New records of the SFT tasks from items that the SFT dataset
+    (:func:`build_sft_records` with the same ``profile`` and ``seed``) does not use:
+    prompts of the same distribution and split that the SFT model never trained on
+    (chapter 4c.5 collects preference pairs on them).
+
+    ``sizes`` maps a split to the records per task wanted from it, e.g.
+    ``{"train": {"sentiment": 600, "chat": 1500}}``; closed tasks are balanced over
+    their answers, as in SFT (a rare answer may leave its quota short). Returns
+    ``{split: records}``; the records pass :func:`validate_records` and no item
+    serves two splits (:func:`split_of`)."""
+    for split, per_task in sizes.items():
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        unknown = sorted(set(per_task) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown tasks {unknown}; the tasks are {list(TASKS)}")
+    sft, _, by_split = _build(profile, seed, items)
+    out = {}
+    for split, per_task in sizes.items():
+        used = frozenset(r["source_id"] for r in sft[split])
+        out[split] = _fill(by_split[split], per_task, seed, skip=used)
+        validate_records(out[split])
+    return out
