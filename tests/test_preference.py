@@ -531,16 +531,9 @@ def test_train_dpo_learns_the_preferences(tokenizer, rows):
     reference = tiny_model(tokenizer)
     policy = copy.deepcopy(reference)
     before = [p.clone() for p in reference.parameters()]
-    history = pref.train_dpo(
-        policy,
-        reference,
-        rows,
-        beta=0.1,
-        steps=30,
-        learning_rate=1e-2,
-        batch_size=4,
-        seed=0,
-    )
+    run = dict(beta=0.1, steps=30, learning_rate=1e-2, batch_size=4, seed=0)
+    one_step = dict(run, steps=1, learning_rate=1e-3)
+    history = pref.train_dpo(policy, reference, rows, **run)
     assert set(history) == set(pref.HISTORY_KEYS)
     assert len(history["loss"]) == 30 and history["step"][-1] == 29
     assert history["sft_loss"] == [0.0] * 30
@@ -562,47 +555,11 @@ def test_train_dpo_learns_the_preferences(tokenizer, rows):
         torch.stack(pref.pair_logprobs(reference, batch)).detach(),
     )
     again = copy.deepcopy(reference)
-    fast = pref.train_dpo(
-        again,
-        None,
-        precomputed,
-        beta=0.1,
-        steps=30,
-        learning_rate=1e-2,
-        batch_size=4,
-        seed=0,
-    )
+    fast = pref.train_dpo(again, None, precomputed, **run)
     assert fast["loss"] == pytest.approx(history["loss"], rel=1e-4, abs=1e-6)
     with pytest.raises(ValueError, match="no reference log-probabilities"):
-        pref.train_dpo(
-            again,
-            None,
-            rows,
-            beta=0.1,
-            steps=1,
-            learning_rate=1e-3,
-            batch_size=4,
-            seed=0,
-        )
+        pref.train_dpo(again, None, rows, **one_step)
     with pytest.raises(ValueError, match="larger than the 4 pairs"):
-        pref.train_dpo(
-            policy,
-            reference,
-            rows,
-            beta=0.1,
-            steps=1,
-            learning_rate=1e-3,
-            batch_size=5,
-            seed=0,
-        )
+        pref.train_dpo(policy, reference, rows, **dict(one_step, batch_size=5))
     with pytest.raises(ValueError, match="beta"):
-        pref.train_dpo(
-            policy,
-            reference,
-            rows,
-            beta=0,
-            steps=1,
-            learning_rate=1e-3,
-            batch_size=4,
-            seed=0,
-        )
+        pref.train_dpo(policy, reference, rows, **dict(one_step, beta=0))

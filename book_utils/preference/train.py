@@ -24,6 +24,7 @@ from book_utils.preference.loss import (
     dpo_loss,
     pair_logprobs,
 )
+from book_utils.preference.measures import _evaluating
 
 SCHEDULES = ("cosine", "constant")
 #: What :func:`train_dpo` records per step.
@@ -79,15 +80,12 @@ def precompute_reference(
     positive_int("batch_size", batch_size)
     collate = PreferenceCollator(pad_token_id)
     out = []
-    was_training = reference.training
-    reference.eval()
-    with torch.no_grad():
+    with _evaluating(reference):
         for start in range(0, len(pairs), batch_size):
             chunk = pairs[start : start + batch_size]
             chosen, rejected = pair_logprobs(reference, collate(chunk))
             for pair, c, r in zip(chunk, chosen.tolist(), rejected.tolist()):
                 out.append({**pair, REFERENCE_KEYS[0]: c, REFERENCE_KEYS[1]: r})
-    reference.train(was_training)
     return out
 
 
